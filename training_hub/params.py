@@ -15,8 +15,10 @@ API server sit side by side so they cannot drift apart.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -54,6 +56,13 @@ SFT_RULES: tuple[CrossFieldRule, ...] = (
         check=lambda v: not v.get("is_pretraining") or v.get("block_size") is not None,
         message="blockSize is required when isPretraining is true (recommended start: 2048)",
         cel="!(has(self.isPretraining) && self.isPretraining) || has(self.blockSize)",
+    ),
+    CrossFieldRule(
+        field="save_samples",
+        fields=("checkpoint_at_epoch", "save_samples"),
+        check=lambda v: v.get("checkpoint_at_epoch") is not False or (v.get("save_samples") or 0) > 0,
+        message="saveSamples must be > 0 when checkpointAtEpoch is false, otherwise no checkpoint is ever saved",
+        cel="!has(self.checkpointAtEpoch) || self.checkpointAtEpoch || (has(self.saveSamples) && self.saveSamples > 0)",
     ),
     CrossFieldRule(
         field="max_tokens_per_gpu",
@@ -307,41 +316,72 @@ class ParameterError(ValueError):
         super().__init__("invalid SFT parameters:\n  - " + "\n  - ".join(problems))
 
 
-def parse_train_kwargs(kwargs: Mapping[str, Any], backend_arg_names: Collection[str] = ()) -> TrainRequest:
+# Backend (TrainingArgs) fields that SFT parameters set: passing them directly would be ambiguous.
+RESERVED_BACKEND_ARGS: Mapping[str, str] = {
+    "max_batch_len": "max_tokens_per_gpu",
+    "pretraining_config": "is_pretraining, block_size and document_column_name",
+    "data_output_path": "data_output_dir",
+}
+
+
+def parse_train_kwargs(
+    kwargs: Mapping[str, Any],
+    backend_arg_names: Collection[str] | Callable[[], Collection[str]] = (),
+) -> TrainRequest:
     """Validate the keyword arguments of `sft()` / `SFTAlgorithm.train()` and report every problem at once.
 
     Names may be snake_case or camelCase. A name that is neither an SFT nor a distributed parameter
     is passed to the backend when it is one of `backend_arg_names` (e.g. TrainingArgs fields), and
-    rejected with a "did you mean" hint otherwise. Raises `ParameterError` (a `ValueError`).
+    rejected with a "did you mean" hint otherwise; entries of `extra_args` are checked against
+    `backend_arg_names` when it is not empty. `backend_arg_names` may be a callable: it is only called
+    when some name needs it, so a call with only SFT parameters never imports the backend.
+    Raises `ParameterError` (a `ValueError`).
     """
     sft_data: dict[str, Any] = {}
     distributed_data: dict[str, Any] = {}
-    extra: dict[str, Any] = dict(kwargs.get("extra_args") or kwargs.get("extraArgs") or {})
+    raw_extra = kwargs.get("extra_args", kwargs.get("extraArgs")) or {}
     problems: list[str] = []
+    if not isinstance(raw_extra, Mapping):
+        problems.append(f"extra_args: must be a mapping of TrainingArgs field names to values (got {raw_extra!r})")
+        raw_extra = {}
+    extra: dict[str, Any] = dict(raw_extra)
     known = SFT_FIELDS | DISTRIBUTED_FIELDS
+    backend_names: Collection[str] | None = None if callable(backend_arg_names) else backend_arg_names
+
+    def backend_names_now() -> Collection[str]:
+        nonlocal backend_names
+        if backend_names is None:
+            backend_names = frozenset(backend_arg_names())  # type: ignore[operator]
+        return backend_names
+
     for given, value in kwargs.items():
         if given in ("extra_args", "extraArgs"):
             continue
         name = given if given in known else _snake(given)
         if name in SFT_FIELDS:
-            if value is not None or SFTParams.model_fields[name].is_required():
+            if value is not None:  # None means "not given": required fields then report "required"
                 sft_data[name] = value
         elif name in DISTRIBUTED_FIELDS:
             if value is not None:
                 distributed_data[name] = value
-        elif given in backend_arg_names:
+        elif given in RESERVED_BACKEND_ARGS:
+            problems.append(f"{given}: set through {RESERVED_BACKEND_ARGS[given]}, not directly")
+        elif given in backend_names_now():
             extra[given] = value
         else:
-            hint = difflib.get_close_matches(given, sorted(known | set(backend_arg_names)), n=1, cutoff=0.6)
+            hint = difflib.get_close_matches(given, sorted(known | set(backend_names_now())), n=1, cutoff=0.6)
             problems.append(
                 f"{given}: unknown parameter" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + " (not an SFT parameter nor a backend TrainingArgs field)"
+                + " (neither an SFT parameter nor a field of the backend's TrainingArgs)"
             )
-    for name in extra:
-        if backend_arg_names and name not in backend_arg_names:
-            hint = difflib.get_close_matches(name, sorted(backend_arg_names), n=1, cutoff=0.6)
+    for name in raw_extra:
+        if name in RESERVED_BACKEND_ARGS:
+            problems.append(f"extra_args.{name}: set through {RESERVED_BACKEND_ARGS[name]}, not directly")
+        elif backend_names_now() and name not in backend_names_now():  # unchecked when no backend names are known
+            hint = difflib.get_close_matches(name, sorted(backend_names_now()), n=1, cutoff=0.6)
             problems.append(
-                f"extra_args.{name}: not a backend TrainingArgs field" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"extra_args.{name}: not a field of the backend's TrainingArgs"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
             )
 
     sft_problems, sft_values = _field_value_errors(SFTParams, sft_data)
@@ -356,3 +396,61 @@ def parse_train_kwargs(kwargs: Mapping[str, Any], backend_arg_names: Collection[
         params=SFTParams.model_validate({**sft_data, "extra_args": extra}),
         distributed=DistributedParams.model_validate(distributed_data),
     )
+
+
+_HF_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def local_path_problems(kwargs: Mapping[str, Any]) -> list[str]:
+    """Problems with the local paths of a call, found before anything heavy starts.
+
+    Checked here and not in `SFTParams`: the operator validates parameters away from the pod's
+    volumes, where these paths do not exist. Names may be snake_case or camelCase; values that are
+    not strings are left to the field validation.
+    """
+    def given(name: str) -> Any:
+        return kwargs.get(name, kwargs.get(to_camel(name)))
+
+    problems: list[str] = []
+    data_path = given("data_path")
+    if isinstance(data_path, str) and data_path:
+        path = Path(data_path).expanduser()
+        if path.is_dir():
+            problems.append(f"data_path: {data_path!r} is a directory; expected a JSONL file")
+        elif not path.exists():
+            problems.append(
+                f"data_path: no such file {data_path!r} (resolved to {path.resolve()}); it must be a local JSONL "
+                "file, dataset names from the Hugging Face Hub are not supported"
+            )
+    model_path = given("model_path")
+    if isinstance(model_path, str) and model_path:
+        path = Path(model_path).expanduser()
+        if path.exists() and not path.is_dir():
+            problems.append(f"model_path: {model_path!r} is a file; expected a Hugging Face model directory")
+        elif not path.exists() and not _HF_MODEL_ID.match(model_path):
+            problems.append(
+                f"model_path: no such directory {model_path!r} (resolved to {path.resolve()}), and not a "
+                "Hugging Face model id of the form 'org/name'"
+            )
+    for name in ("ckpt_output_dir", "data_output_dir"):
+        value = given(name)
+        if isinstance(value, str) and value:
+            problem = _writable_dir_problem(Path(value).expanduser())
+            if problem:
+                problems.append(f"{name}: {problem}")
+    return problems
+
+
+def _writable_dir_problem(path: Path) -> str | None:
+    if path.exists():
+        if not path.is_dir():
+            return f"{str(path)!r} exists and is not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{str(path)!r} is not writable"
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create {str(path)!r}: {str(ancestor)!r} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create {str(path)!r}: {str(ancestor)!r} is not writable"
+    return None

@@ -1,0 +1,1 @@
+"""Algorithms (`Algorithm`, `SFTAlgorithm`) and their registry."""

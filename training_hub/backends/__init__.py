@@ -1,0 +1,1 @@
+"""Backends that execute training. Importing this package stays light; heavy imports happen at train time."""

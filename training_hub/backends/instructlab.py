@@ -1,0 +1,424 @@
+"""The instructlab-training backend: validated parameters -> `TorchrunArgs`/`TrainingArgs` -> `run_training`.
+
+`build_instructlab_args` is the whole mapping, as a function of the request and of what the host
+has (`HostResources`), so tests check it against the installed package's real models. The
+backend then launches training and checks the outcome itself: instructlab-training returns
+normally when `torchrun` cannot even be started, and raises a bare RuntimeError (exit status only
+in its log) when training fails.
+
+Nothing heavy is imported at module level: torch and instructlab load when training starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from training_hub.algorithms.base import Backend
+from training_hub.backends.metrics import last_step_metrics, metrics_path
+from training_hub.params import DEFAULT_BACKEND, ParameterError, TrainRequest, parse_train_kwargs
+
+if TYPE_CHECKING:
+    from instructlab.training import TorchrunArgs, TrainingArgs
+
+log = logging.getLogger(__name__)
+
+MAX_DATA_PROCESS_CPUS = 16  # instructlab's own default; more processes than cores only slows it down
+LOG_FILE_TEMPLATE = "full_logs_global{node_rank}.log"
+_EXIT_CODE_MESSAGE = "Training subprocess exited with code %d."  # instructlab 0.16 main_ds.run_training
+_LAUNCH_FAILURE_MESSAGE = "Unexpected exception received during distributed training"
+
+
+# --- what the host has -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """The facts about this machine that defaults depend on."""
+
+    gpu_count: int
+    cpu_count: int
+    flash_attn_installed: bool
+
+    @classmethod
+    def detect(cls) -> "HostResources":
+        return cls(
+            gpu_count=visible_gpu_count(),
+            cpu_count=available_cpu_count(),
+            flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
+        )
+
+
+def cuda_visible_device_count(value: str) -> int:
+    """How many devices a CUDA_VISIBLE_DEVICES value exposes (CUDA stops at the first invalid entry)."""
+    count = 0
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry or entry.startswith("-"):
+            break
+        count += 1
+    return count
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process may use: honours CUDA_VISIBLE_DEVICES, then asks torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and cuda_visible_device_count(visible) == 0:
+        return 0  # no need to import torch to learn that
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def available_cpu_count() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+# --- the mapping ---------------------------------------------------------------------------------
+
+
+def training_args_field_names() -> frozenset[str]:
+    """Field names of the installed `instructlab.training.TrainingArgs` (imports instructlab)."""
+    from instructlab.training import TrainingArgs
+
+    return frozenset(TrainingArgs.model_fields)
+
+
+def default_data_output_dir(ckpt_output_dir: str) -> str:
+    return os.path.join(ckpt_output_dir, "data")
+
+
+def build_instructlab_args(
+    request: TrainRequest,
+    resources: HostResources | None = None,
+    *,
+    rdzv_id: str | int | None = None,
+) -> tuple["TorchrunArgs", "TrainingArgs"]:
+    """Map a validated request onto instructlab-training's `TorchrunArgs` and `TrainingArgs`.
+
+    - `max_tokens_per_gpu` -> `max_batch_len` (default: `max_seq_len`)
+    - `data_output_dir` default: `<ckpt_output_dir>/data`
+    - `is_pretraining` -> `pretraining_config=PretrainingConfig(block_size, document_column_name)`
+    - unset optional parameters are left out, so TrainingArgs' own defaults apply
+    - extra arguments by name, after (and so winning over) the host-dependent defaults:
+      `data_process_num_cpu_procs` = min(16, usable CPUs), `disable_flash_attn` = True when the
+      flash_attn package is not installed (instructlab would refuse to start)
+    - `nproc_per_node` default: all visible GPUs; `rdzv_id` default: `rdzv_id` argument, else random
+
+    Raises `ParameterError` when TrainingArgs rejects a value, `RuntimeError` when no GPU is
+    visible and `nproc_per_node` was not given.
+    """
+    from instructlab.training import PretrainingConfig, TorchrunArgs, TrainingArgs
+    from pydantic import ValidationError
+
+    params, dist = request.params, request.distributed
+    resources = resources or HostResources.detect()
+
+    nproc_per_node = dist.nproc_per_node
+    if nproc_per_node is None:
+        nproc_per_node = resources.gpu_count
+        if nproc_per_node < 1:
+            raise RuntimeError(
+                "nproc_per_node was not given and no GPU is visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+                "instructlab-training needs GPUs: run on a GPU node or set nproc_per_node"
+            )
+
+    training: dict[str, Any] = {
+        "model_path": params.model_path,
+        "data_path": params.data_path,
+        "ckpt_output_dir": params.ckpt_output_dir,
+        "data_output_dir": params.data_output_dir or default_data_output_dir(params.ckpt_output_dir),
+        "num_epochs": params.num_epochs,
+        "effective_batch_size": params.effective_batch_size,
+        "learning_rate": params.learning_rate,
+        "max_seq_len": params.max_seq_len,
+        "max_batch_len": params.max_tokens_per_gpu or params.max_seq_len,
+        "data_process_num_cpu_procs": min(MAX_DATA_PROCESS_CPUS, resources.cpu_count),
+    }
+    for name in ("warmup_steps", "save_samples", "checkpoint_at_epoch", "accelerate_full_state_at_epoch"):
+        value = getattr(params, name)
+        if value is not None:
+            training[name] = value
+    if params.is_pretraining:
+        training["pretraining_config"] = PretrainingConfig(
+            block_size=params.block_size, document_column_name=params.document_column_name
+        )
+    if not resources.flash_attn_installed:
+        training["disable_flash_attn"] = True
+    training.update(params.extra_args)
+
+    torchrun = {
+        "nproc_per_node": nproc_per_node,
+        "nnodes": dist.nnodes,
+        "node_rank": dist.node_rank,
+        "rdzv_id": dist.rdzv_id if dist.rdzv_id is not None else (rdzv_id if rdzv_id is not None else random_rdzv_id()),
+        "rdzv_endpoint": dist.rdzv_endpoint,
+    }
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for key, model, values in (("torchrun", TorchrunArgs, torchrun), ("training", TrainingArgs, training)):
+        try:
+            built[key] = model(**values)
+        except ValidationError as exc:
+            for error in exc.errors():
+                location = ".".join(str(part) for part in error["loc"]) or model.__name__
+                problems.append(f"{location}: {error['msg']} ({model.__name__})")
+    if problems:
+        raise ParameterError(problems)
+    return built["torchrun"], built["training"]
+
+
+def random_rdzv_id() -> int:
+    return secrets.randbelow(2**31)
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def _checkpoint_order(path: Path) -> tuple[int, float]:
+    match = re.fullmatch(r"samples_(\d+)", path.name)
+    # `last_epoch` (keep_last_checkpoint_only) is overwritten in place: it is always the latest
+    return (int(match[1]) if match else sys.maxsize, path.stat().st_mtime)
+
+
+def find_checkpoints(ckpt_output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Hugging Face format checkpoints under `<ckpt>/hf_format`, oldest first."""
+    root = Path(ckpt_output_dir) / "hf_format"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    return sorted(found, key=_checkpoint_order)
+
+
+def latest_full_state_epoch(ckpt_output_dir: str | os.PathLike[str]) -> int | None:
+    """The epoch of the newest `<ckpt>/full_state/epoch_N`: a run in this directory resumes after it."""
+    root = Path(ckpt_output_dir) / "full_state"
+    epochs = [int(m[1]) for p in (root.iterdir() if root.is_dir() else ()) if (m := re.fullmatch(r"epoch_(\d+)", p.name))]
+    return max(epochs) if epochs else None
+
+
+def log_path_for(ckpt_output_dir: str | os.PathLike[str], node_rank: int) -> Path:
+    return Path(ckpt_output_dir) / LOG_FILE_TEMPLATE.format(node_rank=node_rank)
+
+
+def exit_status_from_log(text: str) -> int | None:
+    """The exit status torchrun reports for a failed worker (`exitcode  : 1 (pid: ...)`), if any."""
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", text) or re.findall(r"exited with code (-?\d+)", text)
+    return int(codes[-1]) if codes else None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one `train()` call produced on this node."""
+
+    ckpt_output_dir: Path
+    final_checkpoint: Path | None  # newest Hugging Face format checkpoint (loads with AutoModelForCausalLM)
+    checkpoints: tuple[Path, ...]  # every checkpoint under <ckpt>/hf_format, oldest first
+    last_metrics: dict[str, Any] | None  # last per-step record of the metrics file
+    metrics_path: Path | None
+    log_path: Path  # torchrun's output for this node
+    node_rank: int = 0
+    resumed_from_epoch: int | None = None  # a full state of this epoch existed before the run
+    torchrun_args: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-ready summary (for a termination message): checkpoint, epoch, step, loss."""
+        metrics = self.last_metrics or {}
+        return {
+            "final_checkpoint": str(self.final_checkpoint) if self.final_checkpoint else None,
+            "epoch": metrics.get("epoch"),
+            "step": metrics.get("step"),
+            "loss": metrics.get("avg_loss"),
+            "resumed_from_epoch": self.resumed_from_epoch,
+        }
+
+
+class TrainingFailedError(RuntimeError):
+    """Training ran and failed: carries torchrun's exit status and where the log is."""
+
+    def __init__(self, message: str, *, exit_status: int | None, log_path: Path, node_rank: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.log_path = log_path
+        self.node_rank = node_rank
+
+
+def locate_torchrun(path_env: str | None = None, python_executable: str | None = None) -> Path | None:
+    """`torchrun` on PATH, else next to the Python interpreter (a virtualenv that is not activated)."""
+    found = shutil.which("torchrun", path=path_env if path_env is not None else os.environ.get("PATH", ""))
+    if found:
+        return Path(found)
+    beside = Path(python_executable or sys.executable).parent / "torchrun"
+    return beside if beside.is_file() and os.access(beside, os.X_OK) else None
+
+
+# --- the backend ---------------------------------------------------------------------------------
+
+
+class _RunLogCapture(logging.Handler):
+    """Picks instructlab's exit-code and swallowed-launch-error records out of its logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.exit_status: int | None = None
+        self.launch_error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == _EXIT_CODE_MESSAGE and record.args:
+            self.exit_status = int(record.args[0])  # type: ignore[index]
+        elif record.msg == _LAUNCH_FAILURE_MESSAGE and record.exc_info:
+            self.launch_error = record.exc_info[1]
+
+
+@contextmanager
+def _launcher_on_path(torchrun: Path) -> Iterator[None]:
+    """run_training starts plain `torchrun`: make sure the one we found is the one PATH finds."""
+    original = os.environ.get("PATH", "")
+    if shutil.which("torchrun", path=original) == str(torchrun):
+        yield
+        return
+    os.environ["PATH"] = str(torchrun.parent) + os.pathsep + original
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = original
+
+
+class InstructLabTrainingSFTBackend(Backend):
+    """Runs SFT with instructlab-training (`run_training` under torchrun)."""
+
+    name = DEFAULT_BACKEND
+
+    def __init__(self, resources: HostResources | None = None):
+        self.resources = resources  # None: detected when training starts
+
+    def extra_arg_names(self) -> frozenset[str]:
+        return training_args_field_names()
+
+    def execute_training(self, algorithm_params: Mapping[str, Any] | TrainRequest) -> TrainingResult:
+        request = (
+            algorithm_params
+            if isinstance(algorithm_params, TrainRequest)
+            else parse_train_kwargs(algorithm_params, self.extra_arg_names)
+        )
+        return self.run(request)
+
+    def run(self, request: TrainRequest) -> TrainingResult:
+        torchrun_args, training_args = build_instructlab_args(request, self.resources or HostResources.detect())
+        ckpt = Path(training_args.ckpt_output_dir)
+        node_rank = torchrun_args.node_rank
+        log_path = log_path_for(ckpt, node_rank)
+        torchrun = locate_torchrun()
+        if torchrun is None:
+            raise RuntimeError(
+                f"torchrun not found on PATH nor next to {sys.executable}; install torch in this environment "
+                "(it provides torchrun) or put its bin directory on PATH"
+            )
+        resumed_from_epoch = latest_full_state_epoch(ckpt)
+        if resumed_from_epoch is not None:
+            log.info("%s holds a full state of epoch %d: training resumes after it", ckpt, resumed_from_epoch)
+        started = time.time()
+        capture = _RunLogCapture()
+        instructlab_logger = logging.getLogger("instructlab.training")
+        instructlab_logger.addHandler(capture)
+        try:
+            from instructlab.training import run_training
+
+            with _launcher_on_path(torchrun):
+                run_training(torch_args=torchrun_args, train_args=training_args)
+        except RuntimeError as exc:
+            if capture.exit_status is None and not str(exc).startswith("Suffered a failure during distributed"):
+                raise  # not the launcher's failure (e.g. data processing): let it through unchanged
+            raise self._failure(capture.exit_status, log_path, node_rank) from exc
+        finally:
+            instructlab_logger.removeHandler(capture)
+
+        if capture.launch_error is not None:
+            raise RuntimeError(
+                f"could not launch torchrun ({torchrun}): {capture.launch_error}; "
+                "instructlab-training reported success without training"
+            )
+        if not log_path.exists() or log_path.stat().st_mtime < started - 1:
+            raise RuntimeError(f"torchrun did not run: it wrote no log at {log_path}")
+        return self._result(request, torchrun_args, ckpt, log_path, started, resumed_from_epoch)
+
+    @staticmethod
+    def _failure(exit_status: int | None, log_path: Path, node_rank: int) -> TrainingFailedError:
+        tail = _tail(log_path)
+        if exit_status is None:
+            exit_status = exit_status_from_log(tail)
+        status = "unknown exit status" if exit_status is None else (
+            f"killed by signal {-exit_status}" if exit_status < 0 else f"exit status {exit_status}"
+        )
+        hint = ""
+        if "out of memory" in tail.lower():
+            hint = " Looks like GPU out-of-memory: lower max_tokens_per_gpu (or max_seq_len)."
+        message = f"training failed on node rank {node_rank}: torchrun ended with {status}.{hint} Log: {log_path}"
+        if tail:
+            message += "\nLast log lines:\n" + tail
+        return TrainingFailedError(message, exit_status=exit_status, log_path=log_path, node_rank=node_rank)
+
+    @staticmethod
+    def _result(
+        request: TrainRequest,
+        torchrun_args: "TorchrunArgs",
+        ckpt: Path,
+        log_path: Path,
+        started: float,
+        resumed_from_epoch: int | None,
+    ) -> TrainingResult:
+        checkpoints = find_checkpoints(ckpt)
+        saved_now = [p for p in checkpoints if p.stat().st_mtime >= started - 1]
+        already_done = resumed_from_epoch is not None and resumed_from_epoch >= request.params.num_epochs - 1
+        # Only global rank 0 (on node rank 0) writes checkpoints; other nodes may not share the volume.
+        if torchrun_args.node_rank == 0 and not saved_now and not (already_done and checkpoints):
+            raise RuntimeError(
+                f"training ended without saving a checkpoint under {ckpt / 'hf_format'}; "
+                f"see the log {log_path}"
+                + (f"\nLast log lines:\n{_tail(log_path)}" if _tail(log_path) else " (empty)")
+            )
+        nproc = int(torchrun_args.nproc_per_node) if str(torchrun_args.nproc_per_node).isdigit() else 0
+        candidates = [metrics_path(ckpt, torchrun_args.node_rank * nproc), metrics_path(ckpt, 0)]
+        metrics_file = next((p for p in candidates if p.exists()), None)
+        return TrainingResult(
+            ckpt_output_dir=ckpt,
+            final_checkpoint=checkpoints[-1] if checkpoints else None,
+            checkpoints=tuple(checkpoints),
+            last_metrics=last_step_metrics(metrics_file) if metrics_file else None,
+            metrics_path=metrics_file,
+            log_path=log_path,
+            node_rank=torchrun_args.node_rank,
+            resumed_from_epoch=resumed_from_epoch,
+            torchrun_args=torchrun_args.model_dump(),
+        )
