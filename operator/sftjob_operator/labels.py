@@ -1,0 +1,56 @@
+"""Label and annotation keys the operator puts on what it creates (docs/architecture.md, "render <-> reconcile").
+
+Reconcile finds a job's pods by these labels, so render and reconcile must use the same keys: both import them
+from here.
+"""
+
+from __future__ import annotations
+
+PREFIX = "training-hub.io/"
+
+JOB_NAME = PREFIX + "job-name"
+NODE_RANK = PREFIX + "node-rank"
+ATTEMPT = PREFIX + "attempt"
+RDZV_ID = PREFIX + "rdzv-id"
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "training-hub-operator"
+
+# Kueue admits plain pods as one gang when they share a pod-group name and declare the group size.
+KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # label, on the SFTJob and copied to its pods
+KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"  # label
+KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"  # annotation
+
+# Keys a user may not set through spec.podLabels / spec.podAnnotations: the operator owns them.
+RESERVED_POD_LABELS = (JOB_NAME, NODE_RANK, ATTEMPT, RDZV_ID, MANAGED_BY, KUEUE_QUEUE_NAME, KUEUE_POD_GROUP_NAME)
+RESERVED_POD_ANNOTATIONS = (KUEUE_POD_GROUP_TOTAL_COUNT,)
+
+
+def job_selector(job_name: str) -> dict[str, str]:
+    """Labels that select every object the operator made for one SFTJob."""
+    return {JOB_NAME: job_name}
+
+
+def job_selector_string(job_name: str) -> str:
+    """The same selector as a `labelSelector` query string (list/watch calls)."""
+    return f"{JOB_NAME}={job_name}"
+
+
+def rank0_selector(job_name: str) -> dict[str, str]:
+    """The rank-0 Service's selector: only the rank-0 pod is behind the rendezvous endpoint."""
+    return {JOB_NAME: job_name, NODE_RANK: "0"}
+
+
+def common_labels(job_name: str) -> dict[str, str]:
+    """Labels on every object the operator creates for a job (Service, ConfigMap, Pods)."""
+    return {JOB_NAME: job_name, MANAGED_BY: MANAGED_BY_VALUE}
+
+
+def pod_labels(job_name: str, *, rank: int, attempt: int, rdzv_id: str) -> dict[str, str]:
+    """The operator's labels on one gang pod (the Kueue ones are added by render when they apply)."""
+    return {
+        **common_labels(job_name),
+        NODE_RANK: str(rank),
+        ATTEMPT: str(attempt),
+        RDZV_ID: rdzv_id,
+    }

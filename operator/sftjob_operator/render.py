@@ -1,0 +1,290 @@
+"""Pure rendering: one SFTJob -> the objects of one gang attempt (docs/architecture.md, "render <-> reconcile").
+
+No I/O and no clock: the same job, attempt and rdzv_id always give the same objects, so the operator can
+re-render after a restart and compare, and `sftjob-operator render` shows exactly what the operator creates.
+
+    Service   <job>              headless, selects only the rank-0 pod, publishNotReadyAddresses (rendezvous
+                                 must resolve before rank 0 is Ready), the rdzv port
+    ConfigMap <job>-params       params.json = spec.training (camelCase)
+    Pod       <job>-node-<rank>  one per node; the entrypoint reads params.json and the TRAINING_HUB_* env
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from training_hub.launch import env as launch_env
+
+from . import api, labels
+from .config import OperatorConfig
+
+CONTAINER_NAME = "trainer"
+PARAMS_VOLUME = api.RESERVED_VOLUME_PREFIX + "params"
+SHM_VOLUME = api.RESERVED_VOLUME_PREFIX + "shm"
+RDZV_PORT_NAME = "rdzv"
+TERMINATION_MESSAGE_PATH = launch_env.DEFAULT_TERMINATION_LOG
+ENTRYPOINT = ["training-hub", "sft", "--config", f"{api.PARAMS_MOUNT_PATH}/{api.PARAMS_FILE_NAME}"]
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
+
+
+@dataclass(frozen=True)
+class RenderedGang:
+    """The objects of one gang attempt, as plain dicts ready for the API. `pods[i]` is node rank i."""
+
+    service: dict[str, Any]
+    configmap: dict[str, Any]
+    pods: list[dict[str, Any]]
+
+    def objects(self) -> list[dict[str, Any]]:
+        """Every object, in creation order (the endpoint and the parameters before the pods that use them)."""
+        return [self.service, self.configmap, *self.pods]
+
+
+def service_name(job_name: str) -> str:
+    return job_name
+
+
+def configmap_name(job_name: str) -> str:
+    return f"{job_name}-params"
+
+
+def pod_name(job_name: str, rank: int) -> str:
+    return f"{job_name}-node-{rank}"
+
+
+def new_rdzv_id(job_uid: str, attempt: int) -> str:
+    """The rendezvous id of one gang attempt: derived from the job's uid and the attempt, so an operator that
+    restarts halfway through creating a gang renders the same id, while every new attempt gets a fresh one.
+    Safe as a label value (hex, a dash, the attempt)."""
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0 (got {attempt})")
+    digest = hashlib.sha256(f"{job_uid}/{attempt}".encode()).hexdigest()[:16]
+    return f"{digest}-{attempt}"
+
+
+def rdzv_endpoint(job_name: str, namespace: str, port: int, config: OperatorConfig) -> str:
+    """`host:port` of the rank-0 Service. `<svc>.<ns>.svc` resolves through the pod's DNS search path in any
+    cluster domain; with a configured cluster domain the FQDN is used."""
+    host = f"{service_name(job_name)}.{namespace}.svc"
+    if config.cluster_domain:
+        host += "." + config.cluster_domain
+    return f"{host}:{port}"
+
+
+def render_gang(job: Mapping[str, Any], *, attempt: int, rdzv_id: str, config: OperatorConfig) -> RenderedGang:
+    """Render the Service, ConfigMap and Pods of gang attempt `attempt` of `job` (an SFTJob object as read from
+    the API: apiVersion, kind, metadata with name/namespace/uid, spec). Raises `api.InvalidSFTJob`."""
+    spec = api.load_spec(job)
+    metadata = job["metadata"]
+    name: str = metadata["name"]
+    namespace: str = metadata.get("namespace") or "default"
+    owner = _owner_reference(job)
+    return RenderedGang(
+        service=_service(name, namespace, spec, owner),
+        configmap=_configmap(name, namespace, spec, owner),
+        pods=[
+            _pod(
+                name,
+                namespace,
+                spec,
+                owner,
+                rank=rank,
+                attempt=attempt,
+                rdzv_id=rdzv_id,
+                queue_name=(metadata.get("labels") or {}).get(labels.KUEUE_QUEUE_NAME),
+                config=config,
+            )
+            for rank in range(spec.nnodes)
+        ],
+    )
+
+
+def params_json(spec: api.SFTJobSpec) -> str:
+    """The ConfigMap's params.json: SFTParams in camelCase, unset fields left out, stable key order."""
+    return json.dumps(spec.training.to_camel_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def _owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = job["metadata"]
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": metadata["name"],
+        "uid": metadata.get("uid", ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    name: str,
+    namespace: str,
+    owner: dict[str, Any],
+    object_labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": object_labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    metadata["ownerReferences"] = [dict(owner)]
+    return metadata
+
+
+def _service(name: str, namespace: str, spec: api.SFTJobSpec, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(service_name(name), namespace, owner, labels.common_labels(name)),
+        "spec": {
+            "clusterIP": "None",
+            # Workers resolve rank 0 while it is still starting: the address must exist before the pod is Ready.
+            "publishNotReadyAddresses": True,
+            "selector": labels.rank0_selector(name),
+            "ports": [
+                {"name": RDZV_PORT_NAME, "port": spec.rdzv_port, "targetPort": spec.rdzv_port, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def _configmap(name: str, namespace: str, spec: api.SFTJobSpec, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(configmap_name(name), namespace, owner, labels.common_labels(name)),
+        "data": {api.PARAMS_FILE_NAME: params_json(spec)},
+    }
+
+
+def _dump(model: Any) -> Any:
+    """A sub-model (env, volumes, ...) in API form."""
+    if isinstance(model, list):
+        return [_dump(item) for item in model]
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _environment(name: str, namespace: str, spec: api.SFTJobSpec, rank: int, rdzv_id: str, config: OperatorConfig):
+    env = [
+        {"name": launch_env.NNODES, "value": str(spec.nnodes)},
+        {"name": launch_env.NODE_RANK, "value": str(rank)},
+        {"name": launch_env.NPROC_PER_NODE, "value": str(spec.nproc_per_node)},
+        {"name": launch_env.RDZV_ID, "value": rdzv_id},
+        {"name": launch_env.RDZV_ENDPOINT, "value": rdzv_endpoint(name, namespace, spec.rdzv_port, config)},
+        {"name": launch_env.RDZV_TIMEOUT, "value": f"{config.rdzv_timeout_s:g}"},
+        {"name": launch_env.TERMINATION_LOG, "value": TERMINATION_MESSAGE_PATH},
+    ]
+    # The user's variables come after ours; validation guarantees they do not reuse our names.
+    return env + _dump(spec.env or [])
+
+
+def _resources(spec: api.SFTJobSpec) -> dict[str, Any]:
+    requests = dict((spec.resources.requests if spec.resources else None) or {})
+    limits = dict((spec.resources.limits if spec.resources else None) or {})
+    limits[spec.gpu_resource_name] = spec.nproc_per_node
+    resources: dict[str, Any] = {"limits": dict(sorted(limits.items()))}
+    if requests:
+        resources["requests"] = dict(sorted(requests.items()))
+    return resources
+
+
+def _affinity(name: str, spec: api.SFTJobSpec) -> dict[str, Any]:
+    affinity = copy.deepcopy(_dump(spec.affinity)) if spec.affinity else {}
+    anti = affinity.setdefault("podAntiAffinity", {})
+    required = anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", [])
+    # One pod per node: each pod must own its node's GPUs and NICs.
+    required.append(
+        {"labelSelector": {"matchLabels": labels.job_selector(name)}, "topologyKey": HOSTNAME_TOPOLOGY_KEY}
+    )
+    return affinity
+
+
+def _pod(
+    name: str,
+    namespace: str,
+    spec: api.SFTJobSpec,
+    owner: dict[str, Any],
+    *,
+    rank: int,
+    attempt: int,
+    rdzv_id: str,
+    queue_name: str | None,
+    config: OperatorConfig,
+) -> dict[str, Any]:
+    pod_labels = {**(spec.pod_labels or {}), **labels.pod_labels(name, rank=rank, attempt=attempt, rdzv_id=rdzv_id)}
+    annotations = dict(spec.pod_annotations or {})
+    # Kueue admits the pods of one group together (all nnodes or none).
+    pod_labels[labels.KUEUE_POD_GROUP_NAME] = name
+    annotations[labels.KUEUE_POD_GROUP_TOTAL_COUNT] = str(spec.nnodes)
+    if queue_name:
+        pod_labels[labels.KUEUE_QUEUE_NAME] = queue_name
+
+    shm: dict[str, Any] = {"medium": "Memory"}
+    shm_size = spec.shm_size if spec.shm_size is not None else config.shm_size_limit
+    if shm_size is not None:
+        shm["sizeLimit"] = shm_size
+    volumes: list[dict[str, Any]] = [
+        {"name": PARAMS_VOLUME, "configMap": {"name": configmap_name(name)}},
+        {"name": SHM_VOLUME, "emptyDir": shm},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": PARAMS_VOLUME, "mountPath": api.PARAMS_MOUNT_PATH, "readOnly": True},
+        {"name": SHM_VOLUME, "mountPath": api.SHM_MOUNT_PATH},
+    ]
+    for volume in spec.volumes or []:
+        volumes.append(
+            {"name": volume.name, "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": volume.read_only}}
+        )
+        mount = {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
+        if volume.sub_path:
+            mount["subPath"] = volume.sub_path
+        mounts.append(mount)
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or config.trainer_image,
+        "imagePullPolicy": spec.image_pull_policy or config.image_pull_policy,
+        "command": list(ENTRYPOINT),
+        "env": _environment(name, namespace, spec, rank, rdzv_id, config),
+        "ports": [{"name": RDZV_PORT_NAME, "containerPort": spec.rdzv_port, "protocol": "TCP"}],
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        # The summary when the entrypoint wrote one, else the log tail (e.g. a crash before it could).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.env_from:
+        container["envFrom"] = _dump(spec.env_from)
+
+    pod_spec: dict[str, Any] = {
+        # The operator restarts the whole gang; a kubelet restart of one container would rejoin a dead rendezvous.
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "affinity": _affinity(name, spec),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    optional = {
+        "nodeSelector": dict(sorted(spec.node_selector.items())) if spec.node_selector else None,
+        "tolerations": _dump(spec.tolerations) if spec.tolerations else None,
+        "priorityClassName": spec.priority_class_name,
+        "serviceAccountName": spec.service_account_name,
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        "imagePullSecrets": _dump(spec.image_pull_secrets) if spec.image_pull_secrets else None,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+
+    metadata = _metadata(
+        pod_name(name, rank), namespace, owner, dict(sorted(pod_labels.items())), dict(sorted(annotations.items()))
+    )
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
