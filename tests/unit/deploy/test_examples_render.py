@@ -1,0 +1,65 @@
+"""Every example in examples/ is a complete SFTJob the operator can run: `sftjob-operator render` turns it
+into its Service, ConfigMap and one pod per node, with no cluster. (tests/cluster/test_examples.py
+applies them to the real API server.)"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+OPERATOR_CLI = Path(sys.executable).with_name("sftjob-operator")
+
+
+def test_the_promised_examples_exist():
+    names = {p.name for p in EXAMPLES}
+    for expected in (
+        "sftjob-single-node.yaml",
+        "sftjob-multi-node.yaml",
+        "sftjob-pretraining.yaml",
+        "sftjob-suspend-kueue.yaml",
+    ):
+        assert expected in names
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_renders_into_a_gang(example):
+    job = yaml.safe_load(example.read_text())
+    result = subprocess.run(
+        [str(OPERATOR_CLI), "render", "-f", str(example)], capture_output=True, text=True, timeout=50
+    )
+    assert result.returncode == 0, result.stderr
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+    kinds = [o["kind"] for o in objects]
+    nnodes = job["spec"].get("nnodes", 1)
+    assert kinds.count("Pod") == nnodes
+    assert kinds.count("Service") == 1 and kinds.count("ConfigMap") == 1
+    for pod in (o for o in objects if o["kind"] == "Pod"):
+        container = pod["spec"]["containers"][0]
+        gpus = container["resources"]["limits"][job["spec"].get("gpuResourceName", "nvidia.com/gpu")]
+        assert int(gpus) == job["spec"].get("nprocPerNode", 1)
+
+
+def test_pretraining_example_sets_block_size():
+    job = yaml.safe_load((REPO / "examples" / "sftjob-pretraining.yaml").read_text())
+    assert job["spec"]["training"]["isPretraining"] is True
+    assert job["spec"]["training"]["blockSize"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_kueue_example_is_suspended_and_its_pods_form_one_pod_group():
+    example = REPO / "examples" / "sftjob-suspend-kueue.yaml"
+    job = yaml.safe_load(example.read_text())
+    assert job["spec"]["suspend"] is True
+    queue = job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    rendered = subprocess.run(
+        [str(OPERATOR_CLI), "render", "-f", str(example)], capture_output=True, text=True, timeout=50, check=True
+    ).stdout
+    pods = [o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Pod"]
+    assert {p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for p in pods} == {queue}
+    assert len({p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods}) == 1
+    assert {p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] for p in pods} == {str(len(pods))}
