@@ -1,0 +1,437 @@
+"""kopf wiring: turn watch events into reconciliations of one SFTJob at a time.
+
+Thin on purpose. Every trigger (an SFTJob event: create, update, resume after an operator restart; an event of
+one of its pods; a resync tick; a time-based requeue) goes through `JobReconciler.trigger`, which coalesces
+bursts (a gang start produces ~20 pod events) and runs at most one reconciliation per job at a time. One
+reconciliation: read the job's pods (+ Service/ConfigMap while the gang is being created, + rank 0's log tail
+when progress is due), call the pure `reconcile.reconcile`, patch the status (conditionally on the job's
+resourceVersion), then apply the actions, then post the events.
+
+Status is patched BEFORE actions: the status is the operator's memory (attempt, restarts), so a crash between
+the two must leave a state from which the next reconciliation redoes the actions, never one that forgets a
+counted failure. No finalizers: everything the operator creates carries an owner reference to the SFTJob, and the
+garbage collector deletes it with the job. The handlers never write to spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from kubernetes.client.rest import ApiException
+
+from sftjob_operator import labels
+from sftjob_operator import reconcile as rc
+from sftjob_operator import status as st
+from sftjob_operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
+
+log = logging.getLogger("sftjob_operator")
+COMPONENT = "sftjob-operator"
+
+JobKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class RuntimeSettings:
+    """Timing of the wiring itself (env-overridable: SFTJOB_OPERATOR_RESYNC_SECONDS, ..._DEBOUNCE_SECONDS)."""
+
+    resync_seconds: float = 60.0  # every job is reconciled at least this often, whatever events were missed
+    debounce_seconds: float = 0.2  # pod events for one job within this window cause one reconciliation
+    workers: int = 16  # threads doing API calls (jobs reconciled in parallel)
+    error_retry_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "RuntimeSettings":
+        values: dict[str, Any] = {}
+        for name, attribute, kind in (
+            ("SFTJOB_OPERATOR_RESYNC_SECONDS", "resync_seconds", float),
+            ("SFTJOB_OPERATOR_DEBOUNCE_SECONDS", "debounce_seconds", float),
+            ("SFTJOB_OPERATOR_WORKERS", "workers", int),
+            ("SFTJOB_OPERATOR_ERROR_RETRY_SECONDS", "error_retry_seconds", float),
+        ):
+            raw = environ.get(name, "").strip()
+            if raw:
+                try:
+                    values[attribute] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"{name}: must be a {kind.__name__} (got {raw!r})") from None
+        return cls(**values)
+
+
+def reconcile_policy_from_env(environ: Mapping[str, str] = os.environ) -> rc.ReconcilePolicy:
+    values: dict[str, float] = {}
+    for name, attribute in (
+        ("SFTJOB_OPERATOR_RESTART_BACKOFF_SECONDS", "restart_backoff_seconds"),
+        ("SFTJOB_OPERATOR_RESTART_BACKOFF_MAX_SECONDS", "restart_backoff_max_seconds"),
+        ("SFTJOB_OPERATOR_PROGRESS_INTERVAL_SECONDS", "progress_interval_seconds"),
+        ("SFTJOB_OPERATOR_RECHECK_SECONDS", "recheck_seconds"),
+    ):
+        raw = environ.get(name, "").strip()
+        if raw:
+            try:
+                values[attribute] = float(raw)
+            except ValueError:
+                raise ValueError(f"{name}: must be a number of seconds (got {raw!r})") from None
+            if values[attribute] < 0:
+                raise ValueError(f"{name}: must be >= 0 (got {raw!r})")
+    return rc.ReconcilePolicy(**values)
+
+
+def _newer(version: str | None, than: str | None) -> bool:
+    """Whether resourceVersion `version` is newer than `than`. Versions are etcd revisions (integers) on every
+    real API server; anything else is treated as newer, which is safe: the conditional status patch catches it."""
+    if not version or not than:
+        return True
+    if version.isdigit() and than.isdigit():
+        return int(version) > int(than)
+    return version != than
+
+
+def _api_error_text(error: Exception) -> str:
+    if isinstance(error, ApiException):
+        import json
+
+        try:
+            detail = json.loads(error.body or "{}").get("message") or error.reason
+        except ValueError:
+            detail = error.body or error.reason
+        return f"HTTP {error.status}: {detail}"
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class _JobState:
+    body: dict[str, Any] | None = None
+    written_resource_version: str | None = None  # the status patch we made last: its watch echo needs no work
+    due: float | None = None  # loop time of the scheduled reconciliation
+    handle: asyncio.TimerHandle | None = None
+    running: bool = False
+    again: bool = False  # a trigger arrived while running
+
+
+@dataclass
+class JobReconciler:
+    kube: Kube
+    config: Any
+    policy: rc.ReconcilePolicy = field(default_factory=rc.ReconcilePolicy)
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    metrics: Any = None
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+
+    def __post_init__(self) -> None:
+        self.jobs: dict[JobKey, _JobState] = {}
+        self.executor = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="reconcile")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- triggers (event loop) ---------------------------------------------------------------------------------
+
+    def phases(self):
+        for state in list(self.jobs.values()):
+            if state.body is not None:
+                yield (state.body.get("status") or {}).get("phase") or st.PENDING
+
+    def job_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            state = self.jobs.pop(key, None)
+            if state and state.handle:
+                state.handle.cancel()
+            return
+        state = self.jobs.setdefault(key, _JobState())
+        version = meta.get("resourceVersion")
+        if state.body is not None and not _newer(version, state.body["metadata"].get("resourceVersion")):
+            return  # an old event (our own status patch already gave us a newer body) or the echo of our patch
+        state.body = dict(body)
+        if version and version == state.written_resource_version:
+            return
+        self.trigger(key)
+
+    def pod_event(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        job_name = (meta.get("labels") or {}).get(labels.JOB_NAME)
+        if job_name:
+            self.trigger((meta["namespace"], job_name), delay=self.settings.debounce_seconds)
+
+    def resync_all(self) -> None:
+        for key in list(self.jobs):
+            self.trigger(key, delay=0)
+
+    def trigger(self, key: JobKey, delay: float = 0.0) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        state = self.jobs.setdefault(key, _JobState())
+        if state.running:
+            state.again = True
+            if delay > 0:
+                self._schedule(state, key, delay)
+            return
+        self._schedule(state, key, delay)
+
+    def _schedule(self, state: _JobState, key: JobKey, delay: float) -> None:
+        loop = self._loop
+        due = loop.time() + max(0.0, delay)
+        if state.handle is not None and state.due is not None and state.due <= due:
+            return  # an earlier (or same) run is already scheduled: it will see this change too
+        if state.handle is not None:
+            state.handle.cancel()
+        state.due = due
+        state.handle = loop.call_at(due, lambda: asyncio.ensure_future(self._run(key)))
+
+    async def _run(self, key: JobKey) -> None:
+        state = self.jobs.get(key)
+        if state is None:
+            return
+        state.handle, state.due = None, None
+        if state.running:
+            state.again = True
+            return
+        state.running = True
+        requeue: float | None = None
+        try:
+            requeue = await asyncio.get_running_loop().run_in_executor(self.executor, self.reconcile_now, key)
+        except Exception:  # noqa: BLE001 - one job's error must never stop the others
+            log.exception("reconciling %s/%s failed", *key)
+            requeue = self.settings.error_retry_seconds
+        finally:
+            state.running = False
+        if key not in self.jobs:
+            return
+        if state.again:
+            state.again = False
+            self._schedule(state, key, 0)
+        if requeue is not None:
+            self._schedule(state, key, requeue)
+
+    # --- one reconciliation (worker thread) --------------------------------------------------------------------
+
+    def reconcile_now(self, key: JobKey) -> float | None:
+        """Reconcile one job; returns seconds until the next time-based look (None: wait for events)."""
+        started = time.perf_counter()
+        namespace, name = key
+        state = self.jobs.setdefault(key, _JobState())
+        job = state.body or self.kube.get_job(namespace, name)
+        if job is None:
+            self.jobs.pop(key, None)
+            return None
+        try:
+            for _ in range(3):
+                try:
+                    return self._reconcile_once(state, job)
+                except Conflict:
+                    # The job changed since we read it (spec edit, or a stale cached body): read again, decide again.
+                    job = self.kube.get_job(namespace, name)
+                    if job is None:
+                        self.jobs.pop(key, None)
+                        return None
+                    state.body = job
+            return self.settings.error_retry_seconds
+        finally:
+            if self.metrics is not None:
+                self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def _reconcile_once(self, state: _JobState, job: dict[str, Any]) -> float | None:
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        old_status = job.get("status") or {}
+        pods = self.kube.list_job_pods(namespace, name)
+        service = configmap = {}
+        building = old_status.get("phase") not in st.FINISHED_PHASES and not st.condition_is_true(
+            old_status.get("conditions"), st.CREATED
+        )
+        if building:  # only needed while a gang is being created; afterwards they are known to exist
+            service = self.kube.get_service(namespace, name)
+            configmap = self.kube.get_configmap(namespace, f"{name}-params")
+        now = self.clock()
+        log_tail = None
+        progress_pod = rc.progress_pod_name(job, pods)
+        if progress_pod:
+            log_tail = self.kube.read_log_tail(namespace, progress_pod)
+        observed = rc.Observed(pods=pods, service=service, configmap=configmap, rank0_log_tail=log_tail)
+        result = rc.reconcile(job, observed, now, self.config, self.policy)
+
+        patch = rc.status_patch(old_status, result.status)
+        if patch is not None:
+            updated = self.kube.patch_job_status(namespace, name, patch, resource_version=job["metadata"].get("resourceVersion"))
+            if updated is None:  # deleted meanwhile
+                return None
+            state.body = updated
+            state.written_resource_version = updated["metadata"].get("resourceVersion")
+            job = updated
+        for event in result.events:
+            self.kube.post_event(job, event.type, event.reason, event.message, component=COMPONENT)
+        if result.restarted_for is not None and self.metrics is not None:
+            failure = result.restarted_for
+            self.metrics.restarts.labels(reason=failure.reason, counted=str(failure.counted).lower()).inc()
+        failed = self._apply(job, result.actions)
+        if failed is not None:
+            self._record_action_error(state, job, *failed)
+            return self.settings.error_retry_seconds
+        for action in result.actions:
+            if isinstance(action, rc.DeleteJob):
+                return None
+        return result.requeue_after if result.requeue_after is not None else None
+
+    def _apply(self, job: Mapping[str, Any], actions: list[rc.Action]) -> tuple[rc.Action, Exception] | None:
+        namespace = job["metadata"]["namespace"]
+        for action in actions:
+            try:
+                if isinstance(action, rc.CreateObject):
+                    self.kube.create(namespace, action.body)
+                elif isinstance(action, rc.ReplaceConfigMapData):
+                    self.kube.replace_configmap_data(namespace, action.name, action.data)
+                elif isinstance(action, rc.DeletePod):
+                    self.kube.delete_pod(namespace, action.name, action.uid, force=action.force)
+                elif isinstance(action, rc.DeleteJob):
+                    self.kube.delete_job(namespace, action.name, action.uid)
+            except ApiException as error:
+                if self.metrics is not None:
+                    self.metrics.reconcile_errors.labels(kind=type(action).__name__).inc()
+                return action, error
+        return None
+
+    def _record_action_error(self, state: _JobState, job: Mapping[str, Any], action: rc.Action, error: Exception) -> None:
+        """A failed create/delete becomes a visible condition (never a silent stall), then a retry."""
+        if isinstance(action, rc.CreateObject):
+            what = f"creating {action.kind} {action.name}"
+        else:
+            what = f"{type(action).__name__} {getattr(action, 'name', '')}"
+        message = f"{what} failed: {_api_error_text(error)}"
+        log.warning("%s/%s: %s", job["metadata"]["namespace"], job["metadata"]["name"], message)
+        old = job.get("status") or {}
+        if st.condition_is_true(old.get("conditions"), st.CREATED) and not isinstance(action, rc.CreateObject):
+            self.kube.post_event(job, "Warning", "ActionFailed", message, component=COMPONENT)
+            return
+        conditions = st.set_condition(
+            old.get("conditions"),
+            st.CREATED,
+            False,
+            "CreateFailed",
+            message,
+            now=self.clock(),
+            generation=job["metadata"].get("generation"),
+        )
+        try:
+            updated = self.kube.patch_job_status(
+                job["metadata"]["namespace"],
+                job["metadata"]["name"],
+                {"conditions": conditions},
+                resource_version=job["metadata"].get("resourceVersion"),
+            )
+        except Conflict:
+            state.body = None
+            return
+        if updated is not None:
+            state.body = updated
+            state.written_resource_version = updated["metadata"].get("resourceVersion")
+        self.kube.post_event(job, "Warning", "CreateFailed", message, component=COMPONENT)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kopf registration
+
+
+def register(registry, reconciler: JobReconciler) -> None:
+    """Register the handlers on a kopf registry (kept out of module import so tests can build their own)."""
+    import kopf
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # kopf keeps no per-object state for on.event handlers; make sure it writes nothing else either.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        reconciler._loop = asyncio.get_running_loop()
+        asyncio.ensure_future(_resync_forever(reconciler))
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def sftjob_event(event: Mapping[str, Any], **_: Any) -> None:
+        body = event.get("object")
+        if body:
+            reconciler.job_event(event.get("type"), body)
+
+    @kopf.on.event("", "v1", "pods", labels={labels.MANAGED_BY: labels.MANAGED_BY_VALUE}, registry=registry)
+    async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
+        body = event.get("object")
+        if body:
+            reconciler.pod_event(body)
+
+    @kopf.on.probe(id="jobs", registry=registry)
+    def jobs_known(**_: Any) -> int:
+        return len(reconciler.jobs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(**_: Any) -> None:
+        reconciler.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _resync_forever(reconciler: JobReconciler) -> None:
+    """The safety net: every job is looked at every resync period, even if a watch event was lost."""
+    while True:
+        await asyncio.sleep(reconciler.settings.resync_seconds)
+        reconciler.resync_all()
+
+
+def run_operator(
+    *,
+    namespaces: list[str],
+    kubeconfig: str | None,
+    metrics_port: int | None,
+    health_port: int | None,
+    peering: str | None,
+    log_json: bool,
+    verbose: bool,
+) -> None:
+    """`sftjob-operator run`: blocks until SIGTERM/SIGINT."""
+    import kopf
+
+    from sftjob_operator.config import OperatorConfig
+    from sftjob_operator.kube import load_api_client
+    from sftjob_operator.metrics import OperatorMetrics
+
+    config = OperatorConfig.from_env(os.environ)
+    namespaces = namespaces or list(config.namespaces)
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN,
+    )
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same file
+    kube = Kube(load_api_client(kubeconfig))
+    reconciler = JobReconciler(
+        kube=kube,
+        config=config,
+        policy=reconcile_policy_from_env(),
+        settings=RuntimeSettings.from_env(),
+    )
+    metrics = OperatorMetrics(reconciler.phases)
+    reconciler.metrics = metrics
+    _count_api_requests(kube, metrics)
+    if metrics_port:
+        metrics.serve(metrics_port)
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler)
+    kopf.run(
+        registry=registry,
+        namespaces=namespaces or None,
+        clusterwide=not namespaces,
+        standalone=peering is None,
+        peering_name=peering,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+    )
+
+
+def _count_api_requests(kube: Kube, metrics: Any) -> None:
+    original_add = kube.counter.add
+
+    def add(verb: str) -> None:
+        original_add(verb)
+        metrics.api_requests.labels(verb=verb).inc()
+
+    kube.counter.add = add  # type: ignore[method-assign]

@@ -1,0 +1,647 @@
+"""Pure reconciliation: (SFTJob, observed objects, now, config) -> actions + new status.
+
+Level-based: every call recomputes what should exist from the SFTJob (its spec, and its status as the
+operator's memory: attempt, restarts, rdzvId, conditions) and what is observed (the pods labelled
+`training-hub.io/job-name=<job>`, the Service, the ConfigMap, rank 0's log tail). Calling it twice with
+the same inputs gives the same answer, so a lost event, a retried handler or an operator restart
+converge instead of duplicating work.
+
+The gang rules, in the order they are checked:
+1. A finished job (Succeeded/Failed) only cleans up (no pod keeps running) and waits for its TTL.
+2. activeDeadlineSeconds past startTime fails the job.
+3. `suspend: true` deletes the gang (graceful, so a checkpoint can be saved) and bumps the attempt, so
+   resuming starts a new gang with a new rdzv_id.
+4. Any pod of the current attempt that failed ends the attempt for the whole gang:
+   exit 78 (INVALID_CONFIG) fails the job at once; eviction/preemption/node loss/an externally deleted
+   pod restarts without counting; anything else (OOMKilled included) counts against backoffLimit.
+   The new status (attempt+1) is written BEFORE the old pods are deleted, so a crash in between can
+   never turn a counted failure into an uncounted "pod vanished".
+5. Pods of any other attempt are deleted, and the new gang is created only after they are gone (same
+   pod names; and two gangs must never rendezvous together). Pods stuck Terminating (lost node) are
+   force-deleted after a bounded time.
+6. After a counted failure the next gang waits an exponential backoff.
+7. Missing Service/ConfigMap/pods of the current attempt are created (deterministic names: a second
+   create is a 409 the executor ignores).
+All pods Succeeded -> Succeeded, with rank 0's termination summary copied into status.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Sequence
+
+from training_hub.launch.exit_codes import ExitCode, Outcome
+
+from sftjob_operator import labels
+from sftjob_operator import status as st
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists in the cluster for one SFTJob (plain API dicts, camelCase)."""
+
+    pods: Sequence[Mapping[str, Any]] = ()
+    service: Mapping[str, Any] | None = None
+    configmap: Mapping[str, Any] | None = None
+    rank0_log_tail: str | None = None  # read by the caller only when `progress_pod_name` says so
+
+
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    """Operator-wide timing knobs (env-overridable in `sftjob-operator run`; short in tests)."""
+
+    restart_backoff_seconds: float = 10.0  # first retry delay after a counted failure; doubles per restart
+    restart_backoff_max_seconds: float = 300.0
+    progress_interval_seconds: float = 30.0  # how often a running job is looked at again (rank-0 log read)
+    recheck_seconds: float = 5.0  # how soon to look again while waiting for pods to go away
+
+
+@dataclass(frozen=True)
+class CreateObject:
+    body: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.body.get("kind", "")
+
+    @property
+    def name(self) -> str:
+        return self.body["metadata"]["name"]
+
+
+@dataclass(frozen=True)
+class ReplaceConfigMapData:
+    name: str
+    data: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    uid: str  # precondition: never delete a newer pod that reuses the name
+    force: bool = False  # grace period 0, for pods stuck Terminating
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+    uid: str
+
+
+Action = CreateObject | ReplaceConfigMapData | DeletePod | DeleteJob
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Result:
+    status: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds until a time-based rule may fire; None = only on events
+    restarted_for: "PodFailure | None" = None  # set when this call restarts the gang (for the metrics)
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.5, seconds)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the spec
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    nnodes: int
+    nproc_per_node: int
+    backoff_limit: int
+    suspend: bool
+    active_deadline_seconds: int | None
+    ttl_seconds_after_finished: int | None
+    cleanup: str  # cleanPodPolicy, pods deleted when the job ends: All | Running (default) | None
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "RunPolicy":
+        run_policy = spec.get("runPolicy") or {}
+
+        def pick(name: str, default: Any) -> Any:
+            value = spec.get(name, run_policy.get(name))
+            return default if value is None else value
+
+        return cls(
+            nnodes=int(pick("nnodes", 1)),
+            nproc_per_node=int(pick("nprocPerNode", 1)),
+            backoff_limit=int(pick("backoffLimit", 3)),
+            suspend=bool(pick("suspend", False)),
+            active_deadline_seconds=pick("activeDeadlineSeconds", None),
+            ttl_seconds_after_finished=pick("ttlSecondsAfterFinished", None),
+            cleanup=str(pick("cleanPodPolicy", "Running")),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading pods
+
+
+def pod_rank(pod: Mapping[str, Any]) -> int | None:
+    try:
+        return int(pod["metadata"]["labels"][labels.NODE_RANK])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def pod_attempt(pod: Mapping[str, Any]) -> int | None:
+    try:
+        return int(pod["metadata"]["labels"][labels.ATTEMPT])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _phase(pod: Mapping[str, Any]) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    if _phase(pod) != "Running" or _terminating(pod):
+        return False
+    return st.condition_is_true((pod.get("status") or {}).get("conditions"), "Ready")
+
+
+def _main_terminated_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The terminated state of the pod's (first) container, or None."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        state = container.get("state") or {}
+        if "terminated" in state and state["terminated"] is not None:
+            return state["terminated"]
+        last = container.get("lastState") or {}
+        if last.get("terminated"):
+            return last["terminated"]
+    return None
+
+
+# Pod-level reasons that mean "the infrastructure took the pod away", not "training failed".
+_DISRUPTION_POD_REASONS = frozenset(
+    {"Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated", "DeletionByTaintManager"}
+)
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    rank: int
+    pod_name: str
+    exit_code: int | None
+    reason: str
+    message: str
+    permanent: bool  # exit 78: retrying cannot help
+    counted: bool  # against backoffLimit (False: eviction, preemption, node loss, deleted)
+
+    def as_status(self, now: datetime) -> dict[str, Any]:
+        failure: dict[str, Any] = {"rank": self.rank, "reason": self.reason, "message": st.clip(self.message)}
+        if self.exit_code is not None:
+            failure["exitCode"] = self.exit_code
+        return failure
+
+    def describe(self) -> str:
+        code = f" exit code {self.exit_code}" if self.exit_code is not None else ""
+        text = f"pod {self.pod_name} (rank {self.rank}){code}: {self.reason}"
+        return f"{text}: {self.message}" if self.message else text
+
+
+def classify_failure(pod: Mapping[str, Any]) -> PodFailure | None:
+    """Why a pod of the current gang no longer runs, or None if it is fine (pending, running, succeeded)."""
+    rank = pod_rank(pod) or 0
+    name = pod["metadata"]["name"]
+    pod_status = pod.get("status") or {}
+    phase = _phase(pod)
+    terminated = _main_terminated_state(pod)
+    disruption = st.find_condition(pod_status.get("conditions"), "DisruptionTarget")
+    disrupted = bool(disruption) and disruption.get("status") == "True"
+
+    if _terminating(pod) and phase not in ("Succeeded", "Failed"):
+        # Nobody but the operator should delete gang pods; the operator deletes only pods it no longer wants.
+        reason = (disruption or {}).get("reason") or "PodDeleted"
+        return PodFailure(rank, name, None, reason, "the pod was deleted while the gang ran", False, False)
+    if phase == "Unknown":
+        return PodFailure(rank, name, None, "NodeLost", "the pod's node stopped reporting", False, False)
+    if phase != "Failed":
+        return None
+
+    exit_code = terminated.get("exitCode") if terminated else None
+    container_reason = (terminated or {}).get("reason") or ""
+    summary = st.parse_summary((terminated or {}).get("message"))
+    message = ""
+    if summary and summary.get("message"):
+        message = str(summary["message"])
+    elif terminated and terminated.get("message"):
+        message = str(terminated["message"])
+    elif pod_status.get("message"):
+        message = str(pod_status["message"])
+
+    if exit_code == ExitCode.INVALID_CONFIG or (summary or {}).get("outcome") == Outcome.INVALID_CONFIG.value:
+        return PodFailure(rank, name, exit_code, "InvalidConfig", message, True, False)
+    if container_reason == "OOMKilled":
+        return PodFailure(rank, name, exit_code, "OOMKilled", message or "a process ran out of memory", False, True)
+    pod_reason = pod_status.get("reason") or ""
+    if pod_reason in _DISRUPTION_POD_REASONS or disrupted:
+        reason = pod_reason or (disruption or {}).get("reason") or "Disrupted"
+        return PodFailure(rank, name, exit_code, reason, message or pod_status.get("message", ""), False, False)
+    if exit_code == ExitCode.PREEMPTED or (summary or {}).get("outcome") == Outcome.PREEMPTED.value:
+        # SIGTERM from outside the operator (node drain, preemption): not the training's fault.
+        return PodFailure(rank, name, exit_code, "Preempted", message or "the pod was terminated", False, False)
+    if exit_code == ExitCode.RENDEZVOUS_TIMEOUT:
+        return PodFailure(rank, name, exit_code, "RendezvousTimeout", message, False, True)
+    reason = container_reason if container_reason and container_reason != "Error" else "TrainingFailed"
+    return PodFailure(rank, name, exit_code, reason, message, False, True)
+
+
+def _pick_failure(failures: list[PodFailure]) -> PodFailure:
+    """The failure that decides what happens: permanent > counted > disruption; lowest rank first."""
+    return sorted(failures, key=lambda f: (not f.permanent, not f.counted, f.rank))[0]
+
+
+def progress_pod_name(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The pod whose log tail the caller should read for progress (rank 0 of the current gang, running)."""
+    status = job.get("status") or {}
+    if status.get("phase") in st.FINISHED_PHASES:
+        return None
+    attempt = int(status.get("attempt") or 0)
+    for pod in pods:
+        if pod_rank(pod) == 0 and pod_attempt(pod) == attempt and _phase(pod) == "Running" and not _terminating(pod):
+            return pod["metadata"]["name"]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reconciler
+
+
+def reconcile(
+    job: Mapping[str, Any],
+    observed: Observed,
+    now: datetime,
+    config: Any,
+    policy: ReconcilePolicy = ReconcilePolicy(),
+) -> Result:
+    return _Reconciler(job, observed, now, config, policy).run()
+
+
+class _Reconciler:
+    def __init__(self, job, observed: Observed, now: datetime, config: Any, policy: ReconcilePolicy) -> None:
+        self.job = job
+        self.meta = job["metadata"]
+        self.name = self.meta["name"]
+        self.uid = self.meta.get("uid", "")
+        self.generation = self.meta.get("generation")
+        self.spec = job.get("spec") or {}
+        self.old = job.get("status") or {}
+        self.observed = observed
+        self.now = now
+        self.config = config
+        self.policy = policy
+        # Past a pod's deletionTimestamp (which already includes its grace period).
+        self.force_delete_after = float(getattr(config, "force_delete_after_s", 300.0))
+        self.run_policy = RunPolicy.from_spec(self.spec)
+        self.status: dict[str, Any] = copy.deepcopy(dict(self.old))
+        self.result = Result(status=self.status)
+        self.pods = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == self.name]
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+
+    @property
+    def attempt(self) -> int:
+        return int(self.status.get("attempt") or 0)
+
+    def _condition(self, type_: str, status: bool, reason: str, message: str) -> None:
+        self.status["conditions"] = st.set_condition(
+            self.status.get("conditions"), type_, status, reason, message, now=self.now, generation=self.generation
+        )
+
+    def _has_condition(self, type_: str) -> bool:
+        return st.condition_is_true(self.status.get("conditions"), type_)
+
+    def _condition_reason(self, type_: str) -> str | None:
+        condition = st.find_condition(self.status.get("conditions"), type_)
+        return condition.get("reason") if condition else None
+
+    def _event(self, type_: str, reason: str, message: str) -> None:
+        self.result.events.append(Event(type_, reason, st.clip(message)))
+
+    def _set_phase(self, phase: str) -> None:
+        self.status["phase"] = phase
+
+    def _current_and_stale(self) -> tuple[dict[int, Mapping[str, Any]], list[Mapping[str, Any]]]:
+        current: dict[int, Mapping[str, Any]] = {}
+        stale: list[Mapping[str, Any]] = []
+        for pod in self.pods:
+            rank = pod_rank(pod)
+            if pod_attempt(pod) == self.attempt and rank is not None and 0 <= rank < self.run_policy.nnodes and rank not in current:
+                current[rank] = pod
+            else:
+                stale.append(pod)
+        return current, stale
+
+    def _delete_pods(self, pods: Sequence[Mapping[str, Any]], reason: str, *, only_running: bool = False) -> int:
+        """Delete actions for the pods; force for those stuck Terminating. Returns how many still exist."""
+        remaining = 0
+        for pod in pods:
+            if only_running and _phase(pod) in ("Succeeded", "Failed"):
+                continue
+            remaining += 1
+            name, uid = pod["metadata"]["name"], pod["metadata"].get("uid", "")
+            deletion = st.parse_time(pod["metadata"].get("deletionTimestamp"))
+            if deletion is None:
+                self.result.actions.append(DeletePod(name, uid, force=False, reason=reason))
+            elif self.now >= deletion + timedelta(seconds=self.force_delete_after):
+                self.result.actions.append(DeletePod(name, uid, force=True, reason=reason))
+                self._event("Warning", "ForceDeletedPod", f"pod {name} stuck Terminating since {st.format_time(deletion)}; force-deleted")
+            else:
+                wait = (deletion + timedelta(seconds=self.force_delete_after) - self.now).total_seconds()
+                self.result.requeue(min(wait, self.policy.recheck_seconds * 6))
+        if remaining:
+            self.result.requeue(self.policy.recheck_seconds)
+        return remaining
+
+    def _update_counts(self, current: Mapping[int, Mapping[str, Any]]) -> None:
+        ready = sum(1 for pod in current.values() if _is_ready(pod))
+        total = self.run_policy.nnodes
+        self.status["nodesReady"] = ready
+        self.status["nodesTotal"] = total
+        self.status["nodes"] = f"{ready}/{total}"
+        self.status["gpusPerNode"] = self.run_policy.nproc_per_node
+
+    def _rdzv_id(self, attempt: int) -> str:
+        from sftjob_operator.render import new_rdzv_id
+
+        return new_rdzv_id(self.uid, attempt)
+
+    # --- the rules ----------------------------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        self.status.setdefault("attempt", 0)
+        self.status.setdefault("restarts", 0)
+        self.status["rdzvId"] = self._rdzv_id(self.attempt)
+        self.status["observedGeneration"] = self.generation
+        current, stale = self._current_and_stale()
+        self._update_counts(current)
+
+        if self.status.get("phase") in st.FINISHED_PHASES:
+            self._finished()
+        elif self._deadline_exceeded():
+            self._finish(False, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={self.run_policy.active_deadline_seconds}")
+        elif self.run_policy.suspend:
+            self._suspend(current)
+        else:
+            self._active(current, stale)
+        self._update_counts(self._current_and_stale()[0])
+        if self.status.get("phase") in st.FINISHED_PHASES:
+            self.status["nodesReady"] = 0
+            self.status["nodes"] = f"0/{self.run_policy.nnodes}"
+        return self.result
+
+    def _deadline_exceeded(self) -> bool:
+        deadline = self.run_policy.active_deadline_seconds
+        started = st.parse_time(self.status.get("startTime"))
+        if deadline is None or started is None or self.run_policy.suspend:
+            return False
+        left = (started + timedelta(seconds=int(deadline)) - self.now).total_seconds()
+        if left > 0:
+            self.result.requeue(left)
+            return False
+        return True
+
+    def _finish(self, succeeded: bool, reason: str, message: str) -> None:
+        phase = st.SUCCEEDED if succeeded else st.FAILED
+        self._set_phase(phase)
+        self.status["completionTime"] = st.format_time(self.now)
+        self._condition(st.RUNNING, False, reason, message)
+        self._condition(phase, True, reason, message)
+        self._event("Normal" if succeeded else "Warning", reason, message)
+        self._finished()
+
+    def _finished(self) -> None:
+        """A finished job: no pod keeps running; delete the job after its TTL."""
+        # Running (default) keeps finished pods for their logs; None is the user's explicit opt-out.
+        if self.run_policy.cleanup != "None":
+            self._delete_pods(self.pods, "JobFinished", only_running=self.run_policy.cleanup != "All")
+        ttl = self.run_policy.ttl_seconds_after_finished
+        finished_at = st.parse_time(self.status.get("completionTime"))
+        if ttl is None or finished_at is None:
+            return
+        left = (finished_at + timedelta(seconds=int(ttl)) - self.now).total_seconds()
+        if left <= 0:
+            self.result.actions.append(DeleteJob(self.name, self.uid))
+            self._event("Normal", "TTLExpired", f"deleting the job: ttlSecondsAfterFinished={ttl} passed")
+        else:
+            self.result.requeue(left)
+
+    def _suspend(self, current: Mapping[int, Mapping[str, Any]]) -> None:
+        gang_exists = bool(current) or self._has_condition(st.CREATED)
+        if gang_exists:
+            # The next gang (on resume) must not rendezvous with this one: new attempt, new rdzv_id, not a restart.
+            self.status["attempt"] = self.attempt + 1
+            self.status["rdzvId"] = self._rdzv_id(self.attempt)
+            self._condition(st.CREATED, False, "Suspended", "the gang was deleted because the job is suspended")
+        if self.status.get("phase") != st.SUSPENDED:
+            self._event("Normal", "Suspended", "job suspended: deleting the gang's pods" if gang_exists else "job created suspended")
+        self._set_phase(st.SUSPENDED)
+        self.status.pop("startTime", None)  # the deadline clock restarts on resume (as for a batch/v1 Job)
+        self._condition(st.SUSPENDED, True, "JobSuspended", "spec.suspend is true")
+        if self._condition_reason(st.RUNNING) is not None or gang_exists:
+            self._condition(st.RUNNING, False, "JobSuspended", "spec.suspend is true")
+        remaining = self._delete_pods(self.pods, "JobSuspended")
+        if remaining:
+            self._condition(st.SUSPENDED, True, "JobSuspended", f"spec.suspend is true; waiting for {remaining} pod(s) to stop")
+
+    def _active(self, current: dict[int, Mapping[str, Any]], stale: list[Mapping[str, Any]]) -> None:
+        if self.status.get("phase") == st.SUSPENDED or self._has_condition(st.SUSPENDED):
+            self._condition(st.SUSPENDED, False, "JobResumed", "spec.suspend is false")
+            self._event("Normal", "Resumed", f"job resumed: starting gang attempt {self.attempt}")
+            self._set_phase(st.PENDING)
+            self._condition(st.CREATED, False, "Resumed", "creating a new gang after resume")
+
+        nnodes = self.run_policy.nnodes
+        failures = [f for f in (classify_failure(pod) for pod in current.values()) if f is not None]
+        if failures:
+            self._gang_failed(_pick_failure(failures), current)
+            return
+        if self._has_condition(st.CREATED) and len(current) < nnodes:
+            missing = sorted(set(range(nnodes)) - set(current))
+            self._gang_failed(
+                PodFailure(missing[0], f"{self.name}-node-{missing[0]}", None, "PodDeleted", "a pod of the running gang disappeared", False, False),
+                current,
+            )
+            return
+        if len(current) == nnodes and all(_phase(pod) == "Succeeded" for pod in current.values()):
+            self._gang_succeeded(current)
+            return
+
+        if stale:
+            self._set_phase(st.RESTARTING if self._condition_reason(st.CREATED) == "Restarting" else st.PENDING)
+            remaining = self._delete_pods(stale, "StaleAttempt")
+            self._condition_keep_error(f"waiting for {remaining} pod(s) of an earlier attempt to stop")
+            return
+
+        if self._backing_off():
+            return
+        self._ensure_gang(current)
+
+    def _condition_keep_error(self, message: str) -> None:
+        # A recorded API error (reason CreateFailed) stays visible until creation succeeds.
+        reason = self._condition_reason(st.CREATED)
+        if reason == "CreateFailed" or self._has_condition(st.CREATED):
+            return
+        self._condition(st.CREATED, False, reason or "Creating", message)
+
+    def _backing_off(self) -> bool:
+        created = st.find_condition(self.status.get("conditions"), st.CREATED) or {}
+        if created.get("reason") != "Restarting":
+            return False
+        # The restart turned Created from True to False: that transition time is when the gang failed.
+        failed_at = st.parse_time(created.get("lastTransitionTime"))
+        restarts = int(self.status.get("restarts") or 0)
+        if failed_at is None or restarts == 0:
+            return False
+        delay = min(self.policy.restart_backoff_max_seconds, self.policy.restart_backoff_seconds * 2 ** (restarts - 1))
+        left = (failed_at + timedelta(seconds=delay) - self.now).total_seconds()
+        if left <= 0:
+            return False
+        self._set_phase(st.RESTARTING)
+        self._condition(st.CREATED, False, "Restarting", f"backing off {delay:g}s before gang attempt {self.attempt}")
+        self.result.requeue(left)
+        return True
+
+    def _gang_failed(self, failure: PodFailure, current: Mapping[int, Mapping[str, Any]]) -> None:
+        self.status["lastFailure"] = failure.as_status(self.now)
+        self._event("Warning", "PodFailed", failure.describe())
+        if failure.permanent:
+            self._finish(False, "InvalidConfig", failure.message or failure.describe())
+            return
+        restarts = int(self.status.get("restarts") or 0)
+        if failure.counted and restarts >= self.run_policy.backoff_limit:
+            self._finish(
+                False,
+                "BackoffLimitExceeded",
+                f"backoffLimit={self.run_policy.backoff_limit} reached after {restarts} restart(s); last failure: {failure.describe()}",
+            )
+            return
+        if failure.counted:
+            self.status["restarts"] = restarts + 1
+        self.result.restarted_for = failure
+        self.status["attempt"] = self.attempt + 1
+        self.status["rdzvId"] = self._rdzv_id(self.attempt)
+        self.status.pop("progress", None)
+        self.status.pop("progressText", None)
+        counted = "counts against backoffLimit" if failure.counted else "not counted (disruption)"
+        message = f"restarting the whole gang as attempt {self.attempt} ({counted}): {failure.describe()}"
+        self._set_phase(st.RESTARTING)
+        self._condition(st.CREATED, False, "Restarting", message)
+        self._condition(st.RUNNING, False, "Restarting", message)
+        self._event("Warning", "Restarting", message)
+        self._delete_pods(list(current.values()), "GangRestart")
+
+    def _gang_succeeded(self, current: Mapping[int, Mapping[str, Any]]) -> None:
+        summary = st.parse_summary((_main_terminated_state(current[0]) or {}).get("message")) or {}
+        message = "all pods succeeded"
+        if summary:
+            self.status["summary"] = st.summary_status(summary)
+            details = []
+            if summary.get("final_checkpoint"):
+                details.append(f"final checkpoint {summary['final_checkpoint']}")
+            if summary.get("loss") is not None:
+                details.append(f"loss {summary['loss']}")
+            if summary.get("resumed_from_epoch") is not None:
+                details.append(f"resumed from epoch {summary['resumed_from_epoch']}")
+            if details:
+                message += ": " + ", ".join(details)
+        self._finish(True, "Succeeded", message)
+
+    def _ensure_gang(self, current: Mapping[int, Mapping[str, Any]]) -> None:
+        from sftjob_operator.render import render_gang
+
+        rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
+        if self.observed.service is None:
+            self.result.actions.append(CreateObject(rendered.service))
+        desired_data = (rendered.configmap or {}).get("data") or {}
+        if self.observed.configmap is None:
+            self.result.actions.append(CreateObject(rendered.configmap))
+        elif not current and dict(self.observed.configmap.get("data") or {}) != dict(desired_data):
+            # Parameters may change while suspended/between gangs; a gang must start from the current spec.
+            self.result.actions.append(ReplaceConfigMapData(rendered.configmap["metadata"]["name"], desired_data))
+
+        missing = [pod for rank, pod in enumerate(rendered.pods) if rank not in current]
+        if missing:
+            if "startTime" not in self.status:
+                self.status["startTime"] = st.format_time(self.now)
+                self._deadline_requeue()
+            for pod in missing:
+                self.result.actions.append(CreateObject(pod))
+            if self._condition_reason(st.CREATED) != "Restarting":
+                self._set_phase(st.PENDING)
+            else:
+                self._set_phase(st.RESTARTING)
+            self._condition_keep_error(f"creating {len(missing)} of {len(rendered.pods)} pod(s) for gang attempt {self.attempt}")
+            return
+
+        if not self._has_condition(st.CREATED):
+            text = f"gang attempt {self.attempt}: {len(rendered.pods)} pod(s), rdzv_id {self.status['rdzvId']}"
+            self._condition(st.CREATED, True, "GangCreated", text)
+            self._event("Normal", "GangCreated", text)
+        # Ranks that already finished successfully wait for the others: the gang still runs.
+        if all(_phase(pod) in ("Running", "Succeeded") for pod in current.values()):
+            if self.status.get("phase") != "Running":
+                self._event("Normal", "Running", f"all {len(current)} pod(s) of gang attempt {self.attempt} are running")
+            self._set_phase("Running")
+            self._condition(st.RUNNING, True, "AllPodsRunning", f"all {len(current)} pod(s) of gang attempt {self.attempt} are running")
+            self._update_progress()
+        else:
+            waiting = sum(1 for pod in current.values() if _phase(pod) not in ("Running", "Succeeded"))
+            self._set_phase(st.PENDING)
+            if self._condition_reason(st.RUNNING) is not None:
+                self._condition(st.RUNNING, False, "PodsPending", f"{waiting} pod(s) not running yet")
+        self._deadline_requeue()
+
+    def _deadline_requeue(self) -> None:
+        deadline = self.run_policy.active_deadline_seconds
+        started = st.parse_time(self.status.get("startTime"))
+        if deadline is not None and started is not None:
+            self.result.requeue((started + timedelta(seconds=int(deadline)) - self.now).total_seconds())
+
+    def _update_progress(self) -> None:
+        self.result.requeue(self.policy.progress_interval_seconds)
+        record = st.parse_progress_line(self.observed.rank0_log_tail)
+        if record is None:
+            return
+        progress = st.progress_status(record, self.now)
+        previous = self.status.get("progress") or {}
+        if {k: v for k, v in progress.items() if k != "updatedAt"} == {k: v for k, v in previous.items() if k != "updatedAt"}:
+            return  # unchanged: keep updatedAt (when it last moved) and write nothing
+        self.status["progress"] = progress
+        self.status["progressText"] = st.progress_text(progress)
+
+
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning `old` status into `new` (None when equal). Removed keys become null."""
+    old = old or {}
+    if json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str):
+        return None
+    patch: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch

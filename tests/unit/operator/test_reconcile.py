@@ -1,0 +1,624 @@
+"""Unit tests of the pure reconciler: every gang rule, driven step by step as the operator would drive it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sftjob_operator import labels
+from sftjob_operator import reconcile as rc
+from sftjob_operator import status as st
+from sftjob_operator.config import OperatorConfig
+from sftjob_operator.render import new_rdzv_id
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+CONFIG = OperatorConfig(force_delete_after_s=120)
+POLICY = rc.ReconcilePolicy(restart_backoff_seconds=10, restart_backoff_max_seconds=60, progress_interval_seconds=30)
+UID = "7d0c5d1e-0000-4000-8000-000000000001"
+PRESENT = {"metadata": {"name": "x"}}
+MISSING = object()
+
+
+def make_job(nnodes: int = 4, status: dict | None = None, generation: int = 1, **spec) -> dict:
+    body = {
+        "apiVersion": "training-hub.io/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": "train", "namespace": "ns", "uid": UID, "generation": generation, "resourceVersion": "1"},
+        "spec": {
+            "nnodes": nnodes,
+            "nprocPerNode": 8,
+            "training": {
+                "modelPath": "/models/m",
+                "dataPath": "/data/d.jsonl",
+                "ckptOutputDir": "/ckpt",
+                "numEpochs": 2,
+                "effectiveBatchSize": 16,
+                "learningRate": 1e-5,
+                "maxSeqLen": 512,
+            },
+            **spec,
+        },
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def make_pod(
+    rank: int,
+    attempt: int = 0,
+    phase: str = "Running",
+    *,
+    ready: bool = True,
+    exit_code: int | None = None,
+    container_reason: str | None = None,
+    message: str | None = None,
+    pod_reason: str | None = None,
+    deletion: datetime | None = None,
+    disruption: str | None = None,
+    job_name: str = "train",
+) -> dict:
+    pod = {
+        "metadata": {
+            "name": f"{job_name}-node-{rank}",
+            "namespace": "ns",
+            "uid": f"uid-{attempt}-{rank}",
+            "labels": {
+                labels.JOB_NAME: job_name,
+                labels.NODE_RANK: str(rank),
+                labels.ATTEMPT: str(attempt),
+                labels.RDZV_ID: new_rdzv_id(UID, attempt),
+            },
+        },
+        "status": {"phase": phase, "conditions": []},
+    }
+    if phase == "Running":
+        pod["status"]["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
+        pod["status"]["containerStatuses"] = [{"name": "trainer", "state": {"running": {}}}]
+    if exit_code is not None:
+        terminated = {"exitCode": exit_code, "reason": container_reason or ("Completed" if exit_code == 0 else "Error")}
+        if message is not None:
+            terminated["message"] = message
+        pod["status"]["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
+    if pod_reason:
+        pod["status"]["reason"] = pod_reason
+    if disruption:
+        pod["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption})
+    if deletion is not None:
+        pod["metadata"]["deletionTimestamp"] = st.format_time(deletion)
+    return pod
+
+
+def gang(attempt: int = 0, n: int = 4, **kwargs) -> list[dict]:
+    return [make_pod(rank, attempt, **kwargs) for rank in range(n)]
+
+
+def run(job, pods=(), *, now=NOW, log=None, service=PRESENT, configmap=None, policy=POLICY) -> rc.Result:
+    if configmap is MISSING:
+        configmap = None
+    elif configmap is None:
+        configmap = {"metadata": {"name": "train-params"}, "data": _desired_configmap_data(job)}
+    observed = rc.Observed(pods=list(pods), service=service, configmap=configmap, rank0_log_tail=log)
+    before = copy.deepcopy(job)
+    result = rc.reconcile(job, observed, now, CONFIG, policy)
+    assert job == before, "reconcile must not mutate its input"
+    return result
+
+
+def _desired_configmap_data(job):
+    from sftjob_operator.render import render_gang
+
+    return render_gang(job, attempt=0, rdzv_id="x", config=CONFIG).configmap["data"]
+
+
+def applied(job: dict, result: rc.Result) -> dict:
+    """The job as the API returns it after the status patch."""
+    new = copy.deepcopy(job)
+    new["status"] = copy.deepcopy(result.status)
+    return new
+
+
+def creates(result, kind="Pod"):
+    return [a.body for a in result.actions if isinstance(a, rc.CreateObject) and a.kind == kind]
+
+
+def deletes(result):
+    return [a for a in result.actions if isinstance(a, rc.DeletePod)]
+
+
+def condition(status, type_):
+    return st.find_condition(status.get("conditions"), type_)
+
+
+def event_reasons(result):
+    return [e.reason for e in result.events]
+
+
+def running_job(nnodes=4, **spec):
+    """A job whose gang (attempt 0) was created and runs."""
+    job = make_job(nnodes, **spec)
+    job = applied(job, run(job, service=None))
+    job = applied(job, run(job, gang(n=nnodes)))
+    assert job["status"]["phase"] == "Running"
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# creation
+
+
+def test_new_job_creates_service_configmap_and_every_rank_with_one_rdzv_id():
+    job = make_job(4)
+    result = run(job, service=None, configmap=MISSING)
+
+    assert [b["kind"] for b in (a.body for a in result.actions)] == ["Service", "ConfigMap", "Pod", "Pod", "Pod", "Pod"]
+    pods = creates(result)
+    assert [p["metadata"]["labels"][labels.NODE_RANK] for p in pods] == ["0", "1", "2", "3"]
+    rdzv_ids = {p["metadata"]["labels"][labels.RDZV_ID] for p in pods}
+    assert rdzv_ids == {new_rdzv_id(UID, 0)}
+    status = result.status
+    assert status["phase"] == "Pending"
+    assert status["attempt"] == 0 and status["restarts"] == 0
+    assert status["rdzvId"] == new_rdzv_id(UID, 0)
+    assert status["startTime"] == st.format_time(NOW)
+    assert status["observedGeneration"] == 1
+    assert status["nodes"] == "0/4" and status["nodesTotal"] == 4 and status["gpusPerNode"] == 8
+    created = condition(status, "Created")
+    assert created["status"] == "False" and created["observedGeneration"] == 1 and "creating 4 of 4" in created["message"]
+
+
+def test_reconcile_is_idempotent_same_inputs_same_answer():
+    job = make_job(4)
+    first = run(job, service=None)
+    second = run(job, service=None)
+    assert first.actions == second.actions
+    assert first.status == second.status
+
+
+def test_operator_restart_mid_creation_creates_only_the_missing_pods():
+    job = applied(make_job(4), run(make_job(4), service=None))
+    half = [make_pod(0, phase="Pending"), make_pod(2, phase="Pending")]
+    result = run(job, half)
+    assert sorted(p["metadata"]["name"] for p in creates(result)) == ["train-node-1", "train-node-3"]
+    assert not creates(result, "Service") and not creates(result, "ConfigMap")
+    assert not deletes(result)
+    assert condition(result.status, "Created")["status"] == "False"
+
+
+def test_all_pods_observed_sets_created_then_running_when_all_run():
+    job = applied(make_job(4), run(make_job(4), service=None))
+    pending = run(job, gang(phase="Pending"))
+    assert not pending.actions
+    assert condition(pending.status, "Created")["status"] == "True"
+    assert pending.status["phase"] == "Pending"
+    assert "GangCreated" in event_reasons(pending)
+
+    job = applied(job, pending)
+    running = run(job, gang())
+    assert running.status["phase"] == "Running"
+    assert condition(running.status, "Running")["status"] == "True"
+    assert running.status["nodes"] == "4/4" and running.status["nodesReady"] == 4
+    assert "Running" in event_reasons(running)
+    assert running.requeue_after == POLICY.progress_interval_seconds
+
+
+def test_not_ready_pods_are_not_counted_ready():
+    job = running_job()
+    pods = gang()
+    pods[3] = make_pod(3, ready=False)
+    result = run(job, pods)
+    assert result.status["nodesReady"] == 3 and result.status["nodes"] == "3/4"
+
+
+def test_pods_of_other_jobs_are_ignored():
+    job = running_job()
+    other = make_pod(0, phase="Failed", exit_code=1, job_name="other")
+    result = run(job, gang() + [other])
+    assert not result.actions and result.status["phase"] == "Running"
+
+
+def test_conditions_keep_transition_time_while_status_holds():
+    job = running_job()
+    later = run(job, gang(), now=NOW + timedelta(minutes=5))
+    assert condition(later.status, "Running")["lastTransitionTime"] == condition(job["status"], "Running")["lastTransitionTime"]
+    assert rc.status_patch(job["status"], later.status) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# progress
+
+
+def test_progress_is_read_from_the_last_progress_line_of_rank0():
+    job = running_job()
+    log = "\n".join(
+        [
+            "loading model",
+            json.dumps({"event": "progress", "epoch": 0, "step": 5, "loss": 2.5, "samples_seen": 80}),
+            '{"not": "progress"}',
+            json.dumps({"event": "progress", "epoch": 1, "step": 40, "loss": 1.23, "samples_seen": 640, "lr": 1e-5}),
+            "{broken json",
+        ]
+    )
+    result = run(job, gang(), log=log)
+    assert result.status["progress"] == {
+        "epoch": 1,
+        "step": 40,
+        "loss": 1.23,
+        "samplesSeen": 640,
+        "updatedAt": st.format_time(NOW),
+    }
+    assert result.status["progressText"] == "epoch 1 step 40 loss 1.23"
+
+    # the same line later: nothing to write (updatedAt says when progress last moved)
+    job = applied(job, result)
+    again = run(job, gang(), log=log, now=NOW + timedelta(seconds=30))
+    assert rc.status_patch(job["status"], again.status) is None
+
+
+def test_progress_pod_is_the_running_rank0_of_the_current_attempt():
+    job = running_job()
+    assert rc.progress_pod_name(job, gang()) == "train-node-0"
+    assert rc.progress_pod_name(job, gang(attempt=1)) is None
+    assert rc.progress_pod_name(job, [make_pod(0, phase="Pending")]) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# failures and restarts
+
+
+def test_a_failed_pod_restarts_the_whole_gang_with_a_new_rdzv_id():
+    job = running_job(backoffLimit=3)
+    pods = gang()
+    pods[2] = make_pod(2, phase="Failed", exit_code=1, message=json.dumps({"outcome": "failed", "message": "CUDA error"}))
+    result = run(job, pods)
+
+    status = result.status
+    assert status["phase"] == "Restarting"
+    assert status["attempt"] == 1 and status["restarts"] == 1
+    assert status["rdzvId"] == new_rdzv_id(UID, 1) != new_rdzv_id(UID, 0)
+    assert status["lastFailure"] == {"rank": 2, "exitCode": 1, "reason": "TrainingFailed", "message": "CUDA error"}
+    assert sorted((d.name, d.uid) for d in deletes(result)) == [(f"train-node-{r}", f"uid-0-{r}") for r in range(4)]
+    assert not creates(result), "old pods must be gone before the new gang starts"
+    assert condition(status, "Running")["status"] == "False"
+    assert {"PodFailed", "Restarting"} <= set(event_reasons(result))
+    assert result.restarted_for.counted
+
+
+def test_new_gang_waits_for_old_pods_then_backoff_then_is_created():
+    job = running_job(backoffLimit=3)
+    pods = gang()
+    pods[0] = make_pod(0, phase="Failed", exit_code=1)
+    job = applied(job, run(job, pods))
+
+    # old pods still terminating: no new pods, no repeated graceful deletes
+    terminating = [make_pod(r, 0, deletion=NOW + timedelta(seconds=30)) for r in range(4)]
+    waiting = run(job, terminating, now=NOW + timedelta(seconds=1))
+    assert not creates(waiting) and not deletes(waiting)
+    assert waiting.status["phase"] == "Restarting"
+    assert waiting.requeue_after is not None
+
+    # old pods gone, backoff (10s) not over
+    backing_off = run(job, [], now=NOW + timedelta(seconds=5))
+    assert not creates(backing_off)
+    assert backing_off.status["phase"] == "Restarting"
+    assert backing_off.requeue_after == pytest.approx(5)
+
+    # backoff over: attempt 1, new rdzv id, same names
+    created = run(job, [], now=NOW + timedelta(seconds=11))
+    pods = creates(created)
+    assert [p["metadata"]["name"] for p in pods] == [f"train-node-{r}" for r in range(4)]
+    assert {p["metadata"]["labels"][labels.ATTEMPT] for p in pods} == {"1"}
+    assert {p["metadata"]["labels"][labels.RDZV_ID] for p in pods} == {new_rdzv_id(UID, 1)}
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["TRAINING_HUB_RDZV_ID"] == new_rdzv_id(UID, 1)
+
+    job = applied(job, created)
+    up = run(applied(job, run(job, gang(attempt=1), now=NOW + timedelta(seconds=12))), gang(attempt=1), now=NOW + timedelta(seconds=13))
+    assert up.status["phase"] == "Running" and up.status["restarts"] == 1
+
+
+def test_backoff_doubles_per_restart_and_is_capped():
+    job = running_job(backoffLimit=10)
+    job["status"]["restarts"] = 2
+    pods = gang()
+    pods[1] = make_pod(1, phase="Failed", exit_code=1)
+    job = applied(job, run(job, pods))  # restarts -> 3: backoff 10 * 2**2 = 40s
+    assert run(job, [], now=NOW + timedelta(seconds=39)).requeue_after == pytest.approx(1)
+    assert creates(run(job, [], now=NOW + timedelta(seconds=41)))
+    job["status"]["restarts"] = 9  # capped at 60s
+    assert creates(run(job, [], now=NOW + timedelta(seconds=61)))
+    assert not creates(run(job, [], now=NOW + timedelta(seconds=59)))
+
+
+def test_stale_pods_of_an_old_attempt_are_deleted_even_without_a_failure():
+    job = running_job()
+    job["status"]["attempt"] = 2  # e.g. the status patch of two restarts landed, the deletes did not
+    job["status"]["conditions"] = st.set_condition(
+        job["status"]["conditions"], "Created", False, "Restarting", "", now=NOW, generation=1
+    )
+    result = run(job, gang(attempt=1))
+    assert len(deletes(result)) == 4 and not creates(result)
+
+
+def test_backoff_limit_exhausted_fails_the_job_and_deletes_every_pod():
+    job = running_job(backoffLimit=1)
+    job["status"]["restarts"] = 1
+    pods = gang()
+    pods[3] = make_pod(3, phase="Failed", exit_code=1, message="boom")
+    result = run(job, pods)
+
+    status = result.status
+    assert status["phase"] == "Failed"
+    assert status["restarts"] == 1 and status["attempt"] == 0
+    failed = condition(status, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    assert "rank 3" in failed["message"] and "boom" in failed["message"]
+    assert status["completionTime"] == st.format_time(NOW)
+    # running pods are deleted (default cleanPodPolicy Running); the failed one is kept for its logs
+    assert sorted(d.name for d in deletes(result)) == ["train-node-0", "train-node-1", "train-node-2"]
+
+
+def test_clean_pod_policy_all_deletes_finished_pods_too():
+    job = running_job(backoffLimit=0, cleanPodPolicy="All")
+    pods = gang()
+    pods[3] = make_pod(3, phase="Failed", exit_code=1)
+    assert len(deletes(run(job, pods))) == 4
+
+
+def test_clean_pod_policy_none_leaves_pods_alone():
+    job = running_job(backoffLimit=0, cleanPodPolicy="None")
+    pods = gang()
+    pods[3] = make_pod(3, phase="Failed", exit_code=1)
+    result = run(job, pods)
+    assert result.status["phase"] == "Failed" and not deletes(result)
+
+
+def test_invalid_config_exit_fails_at_once_with_the_message():
+    job = running_job(backoffLimit=5)
+    pods = gang()
+    summary = {"outcome": "invalid_config", "message": "maxTokensPerGpu must be >= maxSeqLen"}
+    pods[0] = make_pod(0, phase="Failed", exit_code=78, message=json.dumps(summary))
+    result = run(job, pods)
+    status = result.status
+    assert status["phase"] == "Failed" and status["restarts"] == 0
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidConfig" and failed["message"] == "maxTokensPerGpu must be >= maxSeqLen"
+    assert status["lastFailure"]["exitCode"] == 78
+    assert len(deletes(result)) == 3
+
+
+def test_invalid_config_wins_over_other_failures_in_the_same_gang():
+    job = running_job(backoffLimit=5)
+    pods = gang()
+    pods[0] = make_pod(0, phase="Failed", exit_code=1)
+    pods[2] = make_pod(2, phase="Failed", exit_code=78, message="bad params")
+    assert run(job, pods).status["phase"] == "Failed"
+
+
+def test_oom_killed_counts_and_is_reported():
+    job = running_job(backoffLimit=0)
+    pods = gang()
+    pods[1] = make_pod(1, phase="Failed", exit_code=137, container_reason="OOMKilled")
+    result = run(job, pods)
+    assert result.status["phase"] == "Failed"
+    assert result.status["lastFailure"]["reason"] == "OOMKilled"
+    assert "OOMKilled" in condition(result.status, "Failed")["message"]
+
+    job = running_job(backoffLimit=2)
+    result = run(job, pods)
+    assert result.status["restarts"] == 1 and result.status["lastFailure"]["reason"] == "OOMKilled"
+
+
+@pytest.mark.parametrize(
+    "failed_pod",
+    [
+        make_pod(1, phase="Failed", pod_reason="Evicted", exit_code=137),
+        make_pod(1, phase="Failed", exit_code=143, disruption="PreemptionByScheduler"),
+        make_pod(1, phase="Failed", exit_code=143, message=json.dumps({"outcome": "preempted", "message": "SIGTERM"})),
+        make_pod(1, phase="Unknown"),
+        make_pod(1, deletion=NOW + timedelta(seconds=30)),
+    ],
+    ids=["evicted", "preempted-by-scheduler", "sigterm-preempted", "node-lost", "deleted-externally"],
+)
+def test_disruptions_restart_the_gang_without_counting(failed_pod):
+    job = running_job(backoffLimit=0)
+    pods = gang()
+    pods[1] = failed_pod
+    result = run(job, pods)
+    assert result.status["phase"] == "Restarting"
+    assert result.status["restarts"] == 0 and result.status["attempt"] == 1
+    assert not result.restarted_for.counted
+    assert "not counted" in condition(result.status, "Created")["message"]
+
+
+def test_disruption_restart_does_not_back_off():
+    job = running_job(backoffLimit=0)
+    pods = gang()
+    pods[1] = make_pod(1, phase="Failed", pod_reason="Evicted")
+    job = applied(job, run(job, pods))
+    assert len(creates(run(job, [], now=NOW + timedelta(seconds=1)))) == 4
+
+
+def test_a_pod_missing_from_a_created_gang_restarts_it_uncounted():
+    job = running_job()
+    result = run(job, gang()[:3])
+    assert result.status["attempt"] == 1 and result.status["restarts"] == 0
+    assert result.status["lastFailure"]["reason"] == "PodDeleted" and result.status["lastFailure"]["rank"] == 3
+    assert len(deletes(result)) == 3
+
+
+def test_rendezvous_timeout_is_retryable_and_counted():
+    job = running_job(backoffLimit=2)
+    pods = gang()
+    pods[3] = make_pod(3, phase="Failed", exit_code=69)
+    result = run(job, pods)
+    assert result.status["restarts"] == 1 and result.status["lastFailure"]["reason"] == "RendezvousTimeout"
+
+
+def test_pod_stuck_terminating_is_force_deleted_after_the_bound():
+    job = running_job()
+    job["status"]["attempt"] = 1  # the gang of attempt 0 is being replaced
+    job["status"]["conditions"] = st.set_condition(
+        job["status"]["conditions"], "Created", False, "Restarting", "", now=NOW, generation=1
+    )
+    stuck = [make_pod(0, 0, deletion=NOW - timedelta(seconds=60))]
+    assert not deletes(run(job, stuck))
+    result = run(job, stuck, now=NOW + timedelta(seconds=61))
+    [delete] = deletes(result)
+    assert delete.force and delete.uid == "uid-0-0"
+    assert "ForceDeletedPod" in event_reasons(result)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# success
+
+
+def test_all_pods_succeeded_copies_the_rank0_summary():
+    job = running_job()
+    summary = {
+        "outcome": "succeeded",
+        "message": "done",
+        "final_checkpoint": "/ckpt/hf_format/samples_1280",
+        "epoch": 2,
+        "step": 80,
+        "loss": 0.91,
+        "resumed_from_epoch": 1,
+    }
+    pods = [make_pod(r, phase="Succeeded", exit_code=0, message=json.dumps(summary) if r == 0 else "{}") for r in range(4)]
+    result = run(job, pods)
+    status = result.status
+    assert status["phase"] == "Succeeded"
+    assert status["summary"] == {
+        "outcome": "succeeded",
+        "message": "done",
+        "finalCheckpoint": "/ckpt/hf_format/samples_1280",
+        "epoch": 2,
+        "step": 80,
+        "loss": 0.91,
+        "resumedFromEpoch": 1,
+    }
+    succeeded = condition(status, "Succeeded")
+    assert succeeded["status"] == "True" and "resumed from epoch 1" in succeeded["message"]
+    assert condition(status, "Running")["status"] == "False"
+    assert status["completionTime"] == st.format_time(NOW)
+    assert not deletes(result)  # cleanPodPolicy Running keeps finished pods
+    assert status["nodes"] == "0/4"
+
+
+def test_partial_success_waits_for_the_rest():
+    job = running_job()
+    pods = gang()
+    pods[0] = make_pod(0, phase="Succeeded", exit_code=0)
+    result = run(job, pods)
+    assert result.status["phase"] == "Running" and not result.actions
+
+
+def test_finished_job_stops_pods_that_still_run():
+    job = running_job()
+    job["status"]["phase"] = "Succeeded"
+    job["status"]["completionTime"] = st.format_time(NOW)
+    result = run(job, [make_pod(0, phase="Succeeded", exit_code=0), make_pod(1)])
+    assert [d.name for d in deletes(result)] == ["train-node-1"]
+    assert not creates(result)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deadline, TTL
+
+
+def test_active_deadline_fails_the_job():
+    job = running_job(activeDeadlineSeconds=600)
+    before = run(job, gang(), now=NOW + timedelta(seconds=500))
+    assert before.status["phase"] == "Running" and before.requeue_after <= 100
+    result = run(job, gang(), now=NOW + timedelta(seconds=600))
+    assert result.status["phase"] == "Failed"
+    assert condition(result.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert len(deletes(result)) == 4
+
+
+def test_ttl_after_finished_deletes_the_job():
+    job = running_job(ttlSecondsAfterFinished=60)
+    pods = [make_pod(r, phase="Succeeded", exit_code=0) for r in range(4)]
+    job = applied(job, run(job, pods))
+    waiting = run(job, pods, now=NOW + timedelta(seconds=30))
+    assert not any(isinstance(a, rc.DeleteJob) for a in waiting.actions)
+    assert waiting.requeue_after == pytest.approx(30)
+    expired = run(job, pods, now=NOW + timedelta(seconds=60))
+    assert rc.DeleteJob("train", UID) in expired.actions
+    assert "TTLExpired" in event_reasons(expired)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# suspend / resume
+
+
+def test_suspend_deletes_the_gang_and_resume_starts_a_new_one():
+    job = running_job(activeDeadlineSeconds=3600)
+    job["spec"]["suspend"] = True
+    job["metadata"]["generation"] = 2
+    suspended = run(job, gang())
+    status = suspended.status
+    assert status["phase"] == "Suspended"
+    assert condition(status, "Suspended")["status"] == "True"
+    assert condition(status, "Running")["status"] == "False"
+    assert status["attempt"] == 1 and status["restarts"] == 0
+    assert "startTime" not in status
+    assert len(deletes(suspended)) == 4 and not creates(suspended)
+    assert condition(status, "Suspended")["observedGeneration"] == 2
+    job = applied(job, suspended)
+
+    # still suspended, pods gone: the condition says so once, then nothing changes
+    gone = run(job, [])
+    assert not gone.actions and condition(gone.status, "Suspended")["message"] == "spec.suspend is true"
+    job = applied(job, gone)
+    idle = run(job, [])
+    assert not idle.actions and rc.status_patch(job["status"], idle.status) is None
+
+    job["spec"]["suspend"] = False
+    job["metadata"]["generation"] = 3
+    resumed = run(job, [], now=NOW + timedelta(minutes=5))
+    assert condition(resumed.status, "Suspended")["status"] == "False"
+    assert resumed.status["phase"] == "Pending"
+    pods = creates(resumed)
+    assert len(pods) == 4 and {p["metadata"]["labels"][labels.RDZV_ID] for p in pods} == {new_rdzv_id(UID, 1)}
+    assert resumed.status["startTime"] == st.format_time(NOW + timedelta(minutes=5))
+    assert "Resumed" in event_reasons(resumed)
+
+
+def test_created_suspended_starts_nothing_and_resumes_with_attempt_zero():
+    job = make_job(2, suspend=True)
+    result = run(job, service=None)
+    assert result.status["phase"] == "Suspended" and not result.actions and result.status["attempt"] == 0
+    job = applied(job, result)
+    job["spec"]["suspend"] = False
+    resumed = run(job, service=None)
+    assert len(creates(resumed)) == 2 and resumed.status["attempt"] == 0
+
+
+def test_configmap_follows_the_spec_between_gangs():
+    job = make_job(2)
+    stale = {"metadata": {"name": "train-params"}, "data": {"params.json": "{}"}}
+    result = run(job, configmap=stale)
+    replaces = [a for a in result.actions if isinstance(a, rc.ReplaceConfigMapData)]
+    assert len(replaces) == 1 and json.loads(replaces[0].data["params.json"])["modelPath"] == "/models/m"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def test_status_patch_sets_removed_keys_to_null():
+    assert rc.status_patch({"a": 1, "b": 2}, {"a": 1, "b": 2}) is None
+    assert rc.status_patch({"a": 1, "b": 2}, {"a": 3}) == {"a": 3, "b": None}
+
+
+def test_set_condition_moves_transition_time_only_on_status_change():
+    first = st.set_condition(None, "Running", True, "A", "m", now=NOW, generation=1)
+    same = st.set_condition(first, "Running", True, "B", "m2", now=NOW + timedelta(hours=1), generation=2)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert same[0]["reason"] == "B" and same[0]["observedGeneration"] == 2
+    flipped = st.set_condition(same, "Running", False, "C", "m3", now=NOW + timedelta(hours=2), generation=2)
+    assert flipped[0]["lastTransitionTime"] == st.format_time(NOW + timedelta(hours=2))
