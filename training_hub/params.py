@@ -292,7 +292,9 @@ def _rule_errors(rules: tuple[CrossFieldRule, ...], values: Mapping[str, Any], b
             message = rule.message
             for name in rule.fields:  # Python callers know the snake_case names
                 message = message.replace(to_camel(name), name)
-            problems.append(f"{rule.field}: {message.removeprefix(rule.field + ' ')}")
+            short = message.removeprefix(rule.field + " ")
+            # "x must be ..." reads as "x: must be ..."; "x (what it is) is ..." keeps its subject
+            problems.append(f"{rule.field}: {message if short.startswith('(') else short}")
     return problems
 
 
