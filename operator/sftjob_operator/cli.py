@@ -163,7 +163,40 @@ def _with_defaults(document: dict[str, Any], *, namespace: str | None, uid: str 
     return {**document, "metadata": metadata}
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_crd_command, add_render_command]
+def add_run_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the operator (watches SFTJobs; blocks until SIGTERM)",
+        description="Run the operator. Settings come from the SFTJOB_OPERATOR_* environment (docs/operator.md).",
+    )
+    parser.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable); "
+                        "default: SFTJOB_OPERATOR_NAMESPACES, else the whole cluster")
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG)")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off; default 8080)")
+    parser.add_argument("--health-port", type=int, default=8081, help="liveness probe /healthz port (0: off; default 8081)")
+    parser.add_argument("--peering", default=None, help="kopf peering name: run several replicas, one active "
+                        "(needs the KopfPeering CRD); default: standalone")
+    parser.add_argument("--log-json", action="store_true", help="structured (JSON) logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .handlers import run_operator
+
+    try:
+        run_operator(
+            namespaces=args.namespace, kubeconfig=args.kubeconfig, metrics_port=args.metrics_port or None,
+            health_port=args.health_port or None, peering=args.peering, log_json=args.log_json, verbose=args.verbose,
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"sftjob-operator run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS: list[Callable[[Any], None]] = [add_crd_command, add_render_command, add_run_command]
 
 
 def build_parser(commands: Iterable[Callable[[Any], None]] = COMMANDS) -> argparse.ArgumentParser:

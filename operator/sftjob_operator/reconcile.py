@@ -572,9 +572,16 @@ class _Reconciler:
         self._finish(True, "Succeeded", message)
 
     def _ensure_gang(self, current: Mapping[int, Mapping[str, Any]]) -> None:
+        from sftjob_operator.api import InvalidSFTJob
         from sftjob_operator.render import render_gang
 
-        rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
+        try:
+            rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
+        except InvalidSFTJob as error:
+            # The API server's schema let it through but the operator's own checks did not: say which field.
+            self._condition(st.CREATED, False, "InvalidSpec", str(error))
+            self._finish(False, "InvalidSpec", str(error))
+            return
         if self.observed.service is None:
             self.result.actions.append(CreateObject(rendered.service))
         desired_data = (rendered.configmap or {}).get("data") or {}

@@ -622,3 +622,12 @@ def test_set_condition_moves_transition_time_only_on_status_change():
     assert same[0]["reason"] == "B" and same[0]["observedGeneration"] == 2
     flipped = st.set_condition(same, "Running", False, "C", "m3", now=NOW + timedelta(hours=2), generation=2)
     assert flipped[0]["lastTransitionTime"] == st.format_time(NOW + timedelta(hours=2))
+
+
+def test_a_spec_the_operator_cannot_render_fails_the_job_naming_the_field():
+    job = make_job(2)
+    del job["spec"]["training"]["numEpochs"]
+    result = run(job, service=None, configmap=MISSING)
+    assert result.status["phase"] == "Failed" and not creates(result)
+    failed = condition(result.status, "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.training.numEpochs" in failed["message"]
