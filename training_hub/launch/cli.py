@@ -30,6 +30,7 @@ from training_hub.launch.summary import build_summary, write_summary
 from training_hub.launch.supervisor import ChildExit, Interrupted, SignalState, run_child
 
 PROG = "training-hub"
+DEFAULT_TRAINER = "training_hub:sft"  # module:function the trainer process calls with the sft() kwargs
 
 
 class ConfigError(ValueError):
@@ -70,23 +71,23 @@ def load_config_file(path: str) -> dict[str, Any]:
     return {str(key): value for key, value in data.items()}
 
 
-def _canonical(name: str) -> str:
-    from training_hub.params import _snake
+def canonical_name(name: str) -> str:
+    """The snake_case name of an SFT/distributed parameter given in either spelling; other names unchanged.
 
-    return _snake(name)
+    (Other names are backend TrainingArgs fields, which are snake_case already.)
+    """
+    from training_hub.params import DISTRIBUTED_FIELDS, SFT_FIELDS, _snake
+
+    snake = _snake(name)
+    return snake if snake in SFT_FIELDS | DISTRIBUTED_FIELDS | {"extra_args"} else name
 
 
 def merge_settings(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge parameter mappings, later layers winning; camelCase and snake_case spellings are one key."""
+    """Merge parameter mappings, later layers winning, under snake_case names (camelCase accepted)."""
     merged: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
     for layer in layers:
         for name, value in layer.items():
-            key = _canonical(name)
-            if key in spelled:
-                del merged[spelled[key]]
-            spelled[key] = name
-            merged[name] = value
+            merged[canonical_name(name)] = value
     return merged
 
 
@@ -101,10 +102,10 @@ def check_train_kwargs(kwargs: Mapping[str, Any]):
 
     known = SFT_FIELDS | DISTRIBUTED_FIELDS
     params = {k: v for k, v in kwargs.items() if k != "backend"}
-    extra = params.get("extra_args", params.get("extraArgs")) or {}
+    extra = params.get("extra_args") or {}
     if not isinstance(extra, Mapping):
         raise ParameterError([f"extra_args: must be a mapping of TrainingArgs names to values (got {extra!r})"])
-    unknown = {k for k in params if k not in known and _canonical(k) not in known and k not in ("extra_args", "extraArgs")}
+    unknown = {k for k in params if k not in known and k != "extra_args"}
     # A near miss of an SFT parameter is a typo, reported now with its "did you mean" (no TrainingArgs
     # field of instructlab-training 0.16 comes this close to one; a test checks that).
     deferred = {k for k in unknown if not looks_like_typo(k)}
@@ -296,7 +297,7 @@ def _wait_for_rendezvous(run: _Run, distributed: Any, timeout_s: float) -> int |
     return None
 
 
-def command_sft(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def command_sft(args: argparse.Namespace, environ: Mapping[str, str], trainer: str = DEFAULT_TRAINER) -> int:
     run = _Run(_termination_log(args, environ))
     try:
         try:
@@ -307,7 +308,7 @@ def command_sft(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 flag_values["backend"] = args.backend
             extra = _parse_extra(args.extra)
             if extra:
-                file_extra = file_values.get("extra_args", file_values.get("extraArgs")) or {}
+                file_extra = merge_settings(file_values).get("extra_args") or {}
                 flag_values["extra_args"] = {**(file_extra if isinstance(file_extra, Mapping) else {}), **extra}
             kwargs = merge_settings(file_values, launch.distributed, _flag_distributed(args), flag_values)
             request = check_train_kwargs(kwargs)
@@ -318,12 +319,12 @@ def command_sft(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         failed = _wait_for_rendezvous(run, request.distributed, timeout_s)
         if failed is not None:
             return failed
-        return _train(run, kwargs, request)
+        return _train(run, kwargs, request, trainer)
     except Interrupted as exc:
         return run.finish(Outcome.PREEMPTED, f"{exc} before training started", 128 + exc.signum)
 
 
-def _train(run: _Run, kwargs: Mapping[str, Any], request: Any) -> int:
+def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> int:
     console = ConsoleWriter()
     rank = progress_global_rank(request.distributed.node_rank, request.distributed.nproc_per_node)
     tailer = None
@@ -332,7 +333,7 @@ def _train(run: _Run, kwargs: Mapping[str, Any], request: Any) -> int:
         tailer = MetricsTailer(path, lambda event: console.line(format_progress_line(event))).start()
     with tempfile.TemporaryDirectory(prefix="training-hub-") as workdir:
         request_file, result_file = Path(workdir, "request.json"), Path(workdir, "result.json")
-        request_file.write_text(json.dumps({"kwargs": dict(kwargs)}, default=str))
+        request_file.write_text(json.dumps({"function": trainer, "kwargs": dict(kwargs)}, default=str))
         run.signals.done_marker = str(result_file)
         command = [sys.executable, "-m", "training_hub.launch.trainer", str(request_file), str(result_file)]
         child = run_child(command, run.signals, console)
@@ -454,7 +455,10 @@ def command_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, *, trainer: str = DEFAULT_TRAINER
+) -> int:
+    """The console command. `trainer` is the function the training process calls (tests swap it)."""
     environ = os.environ if environ is None else environ
     parser = build_parser()
     try:
@@ -465,7 +469,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"{exc}\n(see '{PROG} --help')", file=sys.stderr)
         return int(ExitCode.INVALID_CONFIG)
     if args.command == "sft":
-        return command_sft(args, environ)
+        return command_sft(args, environ, trainer)
     if args.command == "preflight":
         return command_preflight(args, environ)
     return command_params(args)

@@ -22,20 +22,16 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
+from training_hub.backends.metrics import is_step_record, metrics_path  # noqa: F401 (metrics_path re-exported)
+
 PROGRESS_EVENT = "progress"
-METRICS_FILE_TEMPLATE = "training_params_and_metrics_global{rank}.jsonl"
-
-
-def metrics_path(ckpt_output_dir: str | os.PathLike[str], global_rank: int) -> Path:
-    return Path(ckpt_output_dir) / METRICS_FILE_TEMPLATE.format(rank=global_rank)
-
-
 def progress_event(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """The progress line for one metrics record, or None when the record is not a training step.
 
-    Step records are the ones with `avg_loss`; hyper-parameter, dataset and validation records lack it.
+    Step records are the ones with `step` and `avg_loss`; hyper-parameter, dataset and validation
+    records lack them.
     """
-    if not isinstance(metrics, Mapping) or "avg_loss" not in metrics or "step" not in metrics:
+    if not is_step_record(dict(metrics) if isinstance(metrics, Mapping) else metrics):
         return None
     return {
         "event": PROGRESS_EVENT,

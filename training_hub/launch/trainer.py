@@ -1,6 +1,7 @@
 """The training process the entrypoint supervises: `python -m training_hub.launch.trainer REQUEST RESULT`.
 
 It reads the `sft()` keyword arguments from the REQUEST json file, calls `training_hub.sft(**kwargs)`
+(the request names the function: `{"function": "training_hub:sft", "kwargs": {...}}`)
 and writes what happened to the RESULT json file:
 
     {"status": "succeeded" | "invalid_config" | "failed", "message": "...", "result": {...} | null}
@@ -22,7 +23,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 STATUS_SUCCEEDED = "succeeded"
 STATUS_INVALID_CONFIG = "invalid_config"
@@ -101,11 +102,18 @@ def classify_error(exc: BaseException) -> str:
     return STATUS_FAILED
 
 
-def run(request: dict[str, Any]) -> dict[str, Any]:
-    import training_hub
+def resolve_function(spec: str) -> Callable[..., Any]:
+    """`module:function` -> the function (the entrypoint always asks for `training_hub:sft`)."""
+    import importlib
 
+    module_name, _, function_name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    train = resolve_function(request.get("function") or "training_hub:sft")
     try:
-        result = training_hub.sft(**request["kwargs"])
+        result = train(**request["kwargs"])
     except KeyboardInterrupt as exc:
         return {"status": STATUS_FAILED, "message": f"training interrupted ({exc})", "result": None}
     except Exception as exc:  # every failure becomes a result the entrypoint can report
