@@ -1,0 +1,291 @@
+"""Pure rendering of one gang attempt: names, ranks, rendezvous wiring, pod security, scheduling, ownership."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from sftjob_operator import api, labels, render
+from sftjob_operator.config import OperatorConfig
+from training_hub.launch import env as launch_env
+from training_hub.params import DistributedParams, SFTParams
+
+UID = "5c6f0b8e-2f43-4d7e-9a55-0d6a5f7c1e11"
+CONFIG = OperatorConfig(trainer_image="registry.example/trainer:9")
+
+
+def four_node_job(**spec):
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": "llama", "namespace": "team-a", "uid": UID, "labels": {labels.KUEUE_QUEUE_NAME: "gpu-q"}},
+        "spec": {
+            "training": {
+                "modelPath": "/mnt/shared/model", "dataPath": "/mnt/shared/data.jsonl", "ckptOutputDir": "/mnt/shared/ckpt",
+                "numEpochs": 2, "effectiveBatchSize": 256, "learningRate": 1e-5, "maxSeqLen": 4096,
+                "extraArgs": {"random_seed": 7},
+            },
+            "nnodes": 4,
+            "nprocPerNode": 8,
+            "resources": {"requests": {"cpu": 16, "memory": "128Gi"}, "limits": {"memory": "256Gi"}},
+            "volumes": [
+                {"name": "shared", "claimName": "shared-pvc", "mountPath": "/mnt/shared"},
+                {"name": "models", "claimName": "models-pvc", "mountPath": "/models", "readOnly": True},
+            ],
+            "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}],
+            "envFrom": [{"configMapRef": {"name": "nccl"}}],
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def gang():
+    job = four_node_job()
+    return render.render_gang(job, attempt=2, rdzv_id=render.new_rdzv_id(UID, 2), config=CONFIG)
+
+
+def env_of(pod) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_names_follow_the_contract(gang):
+    assert gang.service["metadata"]["name"] == "llama"
+    assert gang.configmap["metadata"]["name"] == "llama-params"
+    assert [p["metadata"]["name"] for p in gang.pods] == [f"llama-node-{r}" for r in range(4)]
+    assert {o["metadata"]["namespace"] for o in gang.objects()} == {"team-a"}
+    assert [o["kind"] for o in gang.objects()] == ["Service", "ConfigMap", "Pod", "Pod", "Pod", "Pod"]
+
+
+def test_ranks_and_one_shared_rdzv_id(gang):
+    rdzv_id = render.new_rdzv_id(UID, 2)
+    for rank, pod in enumerate(gang.pods):
+        env = env_of(pod)
+        assert env[launch_env.NODE_RANK] == str(rank)
+        assert pod["metadata"]["labels"][labels.NODE_RANK] == str(rank)
+        assert env[launch_env.NNODES] == "4"
+        assert env[launch_env.NPROC_PER_NODE] == "8"
+        assert env[launch_env.RDZV_ID] == rdzv_id == pod["metadata"]["labels"][labels.RDZV_ID]
+        assert pod["metadata"]["labels"][labels.ATTEMPT] == "2"
+        assert env[launch_env.RDZV_ENDPOINT] == "llama.team-a.svc:29500"
+        assert env[launch_env.RDZV_TIMEOUT] == "600"
+        assert env[launch_env.TERMINATION_LOG] == "/dev/termination-log"
+
+
+def test_pod_environment_is_what_the_entrypoint_accepts(gang):
+    # The library's own reader and model accept every pod's environment: the two ends of the contract agree.
+    for rank, pod in enumerate(gang.pods):
+        launch = launch_env.read_launch_environment({k: v for k, v in env_of(pod).items() if v is not None})
+        distributed = DistributedParams.model_validate(launch.distributed)
+        assert distributed.node_rank == rank and distributed.nnodes == 4 and distributed.nproc_per_node == 8
+        assert launch.termination_log == pod["spec"]["containers"][0]["terminationMessagePath"]
+
+
+def test_rank0_service_is_headless_and_selects_only_rank0(gang):
+    service = gang.service
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["ports"] == [{"name": "rdzv", "port": 29500, "targetPort": 29500, "protocol": "TCP"}]
+    selector = service["spec"]["selector"]
+    selected = [p["metadata"]["name"] for p in gang.pods if selector.items() <= p["metadata"]["labels"].items()]
+    assert selected == ["llama-node-0"]
+    host, port = env_of(gang.pods[0])[launch_env.RDZV_ENDPOINT].rsplit(":", 1)
+    assert host.split(".")[:2] == [service["metadata"]["name"], service["metadata"]["namespace"]]
+    assert int(port) == service["spec"]["ports"][0]["port"]
+    assert gang.pods[0]["spec"]["containers"][0]["ports"][0]["containerPort"] == int(port)
+
+
+def test_configmap_holds_the_training_parameters(gang):
+    params = json.loads(gang.configmap["data"]["params.json"])
+    assert SFTParams.model_validate(params).to_camel_dict() == params
+    assert params["modelPath"] == "/mnt/shared/model" and params["extraArgs"] == {"random_seed": 7}
+    container = gang.pods[0]["spec"]["containers"][0]
+    assert container["command"] == ["training-hub", "sft", "--config", "/etc/training-hub/params.json"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/training-hub")
+    volume = next(v for v in gang.pods[0]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == gang.configmap["metadata"]["name"] and mount["readOnly"] is True
+
+
+def test_gpu_limit_and_resources(gang):
+    for pod in gang.pods:
+        resources = pod["spec"]["containers"][0]["resources"]
+        assert resources["limits"] == {"memory": "256Gi", "nvidia.com/gpu": 8}
+        assert resources["requests"] == {"cpu": 16, "memory": "128Gi"}
+
+
+def test_other_gpu_resource_name():
+    job = four_node_job(gpuResourceName="amd.com/gpu", nprocPerNode=4, resources=None)
+    gang = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+    assert gang.pods[0]["spec"]["containers"][0]["resources"] == {"limits": {"amd.com/gpu": 4}}
+
+
+def test_shared_volumes_and_shm(gang):
+    for pod in gang.pods:
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert volumes["shared"]["persistentVolumeClaim"] == {"claimName": "shared-pvc", "readOnly": False}
+        assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "models-pvc", "readOnly": True}
+        assert mounts["shared"]["mountPath"] == "/mnt/shared" and mounts["models"]["readOnly"] is True
+        shm = next(name for name, v in volumes.items() if "emptyDir" in v)
+        assert volumes[shm]["emptyDir"] == {"medium": "Memory"}
+        assert mounts[shm]["mountPath"] == "/dev/shm"
+        assert set(volumes) == set(mounts)
+
+
+def test_shm_size_from_spec_or_operator_config():
+    job = four_node_job(shmSize="64Gi")
+    gang = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+    assert {"medium": "Memory", "sizeLimit": "64Gi"} in [v.get("emptyDir") for v in gang.pods[0]["spec"]["volumes"]]
+    config = OperatorConfig(shm_size_limit="8Gi")
+    gang = render.render_gang(four_node_job(), attempt=0, rdzv_id="r", config=config)
+    assert {"medium": "Memory", "sizeLimit": "8Gi"} in [v.get("emptyDir") for v in gang.pods[0]["spec"]["volumes"]]
+
+
+def test_restricted_security_context(gang):
+    for pod in gang.pods:
+        assert pod["spec"]["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        for container in pod["spec"]["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["runAsNonRoot"] is True
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not any("hostPath" in v for v in pod["spec"]["volumes"])
+        assert not pod["spec"].get("hostNetwork") and not pod["spec"].get("hostIPC")
+
+
+def test_pods_never_restart_and_report_their_summary(gang):
+    for pod in gang.pods:
+        assert pod["spec"]["restartPolicy"] == "Never"
+        container = pod["spec"]["containers"][0]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert container["image"] == "registry.example/trainer:9"
+
+
+def test_one_pod_per_node_anti_affinity(gang):
+    for pod in gang.pods:
+        (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        # the term matches every pod of the gang (so any two of them conflict), and only this job's pods
+        matches = term["labelSelector"]["matchLabels"]
+        assert all(matches.items() <= p["metadata"]["labels"].items() for p in gang.pods)
+        other = render.render_gang({**four_node_job(), "metadata": {"name": "other", "uid": "u"}}, attempt=0,
+                                   rdzv_id="r", config=CONFIG)
+        assert not matches.items() <= other.pods[0]["metadata"]["labels"].items()
+
+
+def test_user_affinity_is_kept_and_the_anti_affinity_term_added():
+    user_term = {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}
+    node_affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}
+    job = four_node_job(affinity={
+        "nodeAffinity": node_affinity,
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [user_term]},
+    })
+    before = copy.deepcopy(job)
+    gang = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+    affinity = gang.pods[0]["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == node_affinity
+    terms = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0] == user_term and terms[1]["labelSelector"]["matchLabels"] == {labels.JOB_NAME: "llama"}
+    assert job == before  # rendering never mutates its input
+    # each pod has its own copy: editing one pod's affinity does not change another's
+    terms.append({})
+    assert len(gang.pods[1]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]) == 2
+
+
+def test_owner_references_make_the_job_the_controller(gang):
+    for obj in gang.objects():
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": "training-hub.io/v1alpha1", "kind": "SFTJob", "name": "llama", "uid": UID,
+            "controller": True, "blockOwnerDeletion": True,
+        }]
+        assert obj["metadata"]["labels"][labels.JOB_NAME] == "llama"
+        assert obj["metadata"]["labels"][labels.MANAGED_BY] == labels.MANAGED_BY_VALUE
+
+
+def test_kueue_pod_group(gang):
+    for pod in gang.pods:
+        assert pod["metadata"]["labels"][labels.KUEUE_QUEUE_NAME] == "gpu-q"
+        assert pod["metadata"]["labels"][labels.KUEUE_POD_GROUP_NAME] == "llama"
+        assert pod["metadata"]["annotations"][labels.KUEUE_POD_GROUP_TOTAL_COUNT] == "4"
+    job = four_node_job()
+    del job["metadata"]["labels"]
+    pod = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG).pods[0]
+    assert labels.KUEUE_QUEUE_NAME not in pod["metadata"]["labels"]
+
+
+def test_user_env_comes_after_the_operator_variables(gang):
+    container = gang.pods[0]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    assert names[:7] == list(api.RESERVED_ENV_NAMES) and names[7:] == ["HF_TOKEN"]
+    assert container["env"][7]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert container["envFrom"] == [{"configMapRef": {"name": "nccl"}}]
+
+
+def test_user_env_may_not_override_the_contract_variables():
+    job = four_node_job(env=[{"name": launch_env.RDZV_ENDPOINT, "value": "evil:1"}])
+    with pytest.raises(api.InvalidSFTJob, match="spec.env"):
+        render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+
+
+def test_pod_customisation_is_applied():
+    job = four_node_job(
+        nodeSelector={"gpu": "h100"}, tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        priorityClassName="train-high", serviceAccountName="trainer", terminationGracePeriodSeconds=600,
+        podLabels={"team": "nlp"}, podAnnotations={"cost-center": "42"}, image="mine:1", imagePullPolicy="Always",
+        imagePullSecrets=[{"name": "regcred"}], rdzvPort=31000,
+    )
+    pod = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG).pods[3]
+    spec = pod["spec"]
+    assert spec["nodeSelector"] == {"gpu": "h100"}
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (spec["priorityClassName"], spec["serviceAccountName"]) == ("train-high", "trainer")
+    assert spec["terminationGracePeriodSeconds"] == 600
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["metadata"]["labels"]["team"] == "nlp" and pod["metadata"]["annotations"]["cost-center"] == "42"
+    container = spec["containers"][0]
+    assert (container["image"], container["imagePullPolicy"]) == ("mine:1", "Always")
+    assert env_of(pod)[launch_env.RDZV_ENDPOINT] == "llama.team-a.svc:31000"
+
+
+def test_cluster_domain_gives_the_fqdn_endpoint():
+    config = OperatorConfig(cluster_domain="cluster.local", rdzv_timeout_s=90)
+    pod = render.render_gang(four_node_job(), attempt=0, rdzv_id="r", config=config).pods[1]
+    assert env_of(pod)[launch_env.RDZV_ENDPOINT] == "llama.team-a.svc.cluster.local:29500"
+    assert env_of(pod)[launch_env.RDZV_TIMEOUT] == "90"
+
+
+def test_rendering_is_pure_and_repeatable():
+    job = four_node_job()
+    before = copy.deepcopy(job)
+    first = render.render_gang(job, attempt=1, rdzv_id="x-1", config=CONFIG)
+    second = render.render_gang(job, attempt=1, rdzv_id="x-1", config=CONFIG)
+    assert first == second and job == before
+
+
+def test_single_node_job():
+    job = four_node_job(nnodes=1)
+    gang = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+    assert [p["metadata"]["name"] for p in gang.pods] == ["llama-node-0"]
+    assert gang.pods[0]["metadata"]["annotations"][labels.KUEUE_POD_GROUP_TOTAL_COUNT] == "1"
+
+
+def test_invalid_job_raises_naming_the_field():
+    job = four_node_job(nnodes=0)
+    with pytest.raises(api.InvalidSFTJob) as caught:
+        render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+    assert any(p.startswith("spec.nnodes:") for p in caught.value.problems)
+
+
+def test_rdzv_id_is_deterministic_per_attempt_and_fresh_across_attempts():
+    ids = [render.new_rdzv_id(UID, attempt) for attempt in range(50)]
+    assert ids == [render.new_rdzv_id(UID, attempt) for attempt in range(50)]
+    assert len(set(ids)) == 50
+    assert render.new_rdzv_id("another-uid", 0) != ids[0]
+    for rdzv_id in ids:
+        assert len(rdzv_id) <= 63 and rdzv_id.replace("-", "").isalnum()  # a valid label value
+    with pytest.raises(ValueError, match="attempt"):
+        render.new_rdzv_id(UID, -1)
