@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for tests, without Docker or downloads of release binaries:
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, kwokctl and helm
+# are built from Go modules (once; cached under ~/.cache/training-hub, keyed by version) and run
+# by `kwokctl --runtime binary` on 127.0.0.1. See docs/control-plane.md.
+#
+#   hack/control-plane.sh build        build (or find) every binary; prints the bin dir
+#   hack/control-plane.sh env          prints `export` lines (PATH, TRAINING_HUB_K8S_BIN); builds first if needed
+#   hack/control-plane.sh up [NAME]    starts a cluster (default name: training-hub) with 4 fake 8-GPU nodes
+#   hack/control-plane.sh down [NAME]  deletes it and every process it started
+#   hack/control-plane.sh nodes [NAME] [COUNT] [GPUS]   adds fake GPU nodes
+#   hack/control-plane.sh kubeconfig [NAME]             prints the cluster's kubeconfig path
+#
+# Env: TRAINING_HUB_K8S_BIN   a directory that already holds all the binaries (skips the build)
+#      TRAINING_HUB_CACHE     cache root (default ${XDG_CACHE_HOME:-~/.cache}/training-hub)
+# The braces make bash read the whole file before running it, so editing it mid-build is safe.
+{
+set -euo pipefail
+
+# --- versions: the one place they are recorded -------------------------------------------------
+K8S_VERSION=v1.34.4
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+KWOK_FALLBACK_VERSION=v0.7.0
+HELM_VERSION=v3.22.0
+REQUIRED_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE_ROOT="${TRAINING_HUB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/training-hub}"
+BIN_CACHE="$CACHE_ROOT/bin"
+BUILD_ROOT="$CACHE_ROOT/build"
+GO_BUILD_FLAGS=(-p 2 -trimpath)
+K8S_TAGS="selinux,notest,grpcnotrace"
+
+log() { echo "control-plane: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Directory holding one symlink per binary, named after the full version set, so PATH gets one entry.
+bin_set_dir() {
+  echo "$BIN_CACHE/set-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
+}
+
+has_all_binaries() {
+  local dir=$1 b
+  for b in "${REQUIRED_BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+require_go() {
+  command -v go >/dev/null || die "go is not installed; install Go >= 1.24, or set TRAINING_HUB_K8S_BIN to a directory with ${REQUIRED_BINARIES[*]}"
+}
+
+# Builds into a temporary folder, then renames it into place: a half-finished build is never taken for a cache hit.
+finish_component() {
+  local tmp=$1 final=$2
+  rm -rf "$final"
+  mv "$tmp" "$final"
+}
+
+build_kubernetes() {
+  local out="$BIN_CACHE/kubernetes-$K8S_VERSION"
+  has_all_binaries_in "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl && return 0
+  require_go
+  local started=$SECONDS mod_dir="$BUILD_ROOT/kubernetes-$K8S_VERSION"
+  log "building kubernetes $K8S_VERSION (cold: 15-30 min on 2 cores) in $mod_dir"
+  mkdir -p "$mod_dir"
+  local modfile
+  modfile=$(cd "$mod_dir" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  [[ -f "$modfile" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+  local go_line godebug_line minor staging
+  go_line=$(grep -m1 '^go ' "$modfile")
+  godebug_line=$(grep -m1 '^godebug ' "$modfile" || true)
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  # Consumers don't inherit k8s.io/kubernetes's `replace k8s.io/x => ./staging/...`: pin each staging module to v0.<minor>.<patch>.
+  staging=$(sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$modfile")
+  [[ -n "$staging" ]] || die "no staging modules found in $modfile"
+  {
+    echo "module training-hub/control-plane/kubernetes"
+    echo
+    echo "$go_line"
+    echo
+    [[ -n "$godebug_line" ]] && echo "$godebug_line" && echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    local m
+    for m in $staging; do echo "	$m => $m v0.${K8S_VERSION#v1.}"; done
+    echo ")"
+  } > "$mod_dir/go.mod"
+  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+              k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  (cd "$mod_dir" && go get "${pkgs[@]/%/@$K8S_VERSION}" >&2) || die "go get of kubernetes $K8S_VERSION failed"
+  # Keep upstream's runtime defaults even if `go get` raised the go line.
+  if [[ -n "$godebug_line" ]] && ! grep -q '^godebug ' "$mod_dir/go.mod"; then echo "$godebug_line" >> "$mod_dir/go.mod"; fi
+  local date ldflags="-s -w" pkgpath
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for pkgpath in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkgpath.gitVersion=$K8S_VERSION -X $pkgpath.gitMajor=1 -X $pkgpath.gitMinor=$minor"
+    ldflags+=" -X $pkgpath.gitTreeState=clean -X $pkgpath.buildDate=$date"
+  done
+  local tmp="$out.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$mod_dir" && CGO_ENABLED=0 go build "${GO_BUILD_FLAGS[@]}" -tags "$K8S_TAGS" -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}" >&2) \
+    || die "building kubernetes $K8S_VERSION failed"
+  finish_component "$tmp" "$out"
+  log "kubernetes $K8S_VERSION built in $((SECONDS - started)) s"
+}
+
+build_etcd() {
+  local out="$BIN_CACHE/etcd-$ETCD_VERSION"
+  has_all_binaries_in "$out" etcd && return 0
+  require_go
+  local started=$SECONDS mod_dir="$BUILD_ROOT/etcd-$ETCD_VERSION"
+  log "building etcd $ETCD_VERSION in $mod_dir"
+  mkdir -p "$mod_dir"
+  # A module of its own, so etcd's dependency versions never move kube-apiserver's etcd client.
+  printf 'module training-hub/control-plane/etcd\n\ngo 1.24\n' > "$mod_dir/go.mod"
+  (cd "$mod_dir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2) || die "go get of etcd $ETCD_VERSION failed"
+  local tmp="$out.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$mod_dir" && CGO_ENABLED=0 go build "${GO_BUILD_FLAGS[@]}" -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3 >&2) \
+    || die "building etcd $ETCD_VERSION failed"
+  finish_component "$tmp" "$out"
+  log "etcd $ETCD_VERSION built in $((SECONDS - started)) s"
+}
+
+# `go install pkg@version`: these modules have no replace lines, so no wrapper module is needed.
+go_install_into() {
+  local dir=$1 ldflags=$2; shift 2
+  (GOBIN="$dir" CGO_ENABLED=0 go install "${GO_BUILD_FLAGS[@]}" -ldflags "$ldflags" "$@" >&2)
+}
+
+build_kwok() {
+  local out="$BIN_CACHE/kwok-$KWOK_VERSION"
+  has_all_binaries_in "$out" kwok kwokctl && return 0
+  require_go
+  local started=$SECONDS version tmp
+  for version in "$KWOK_VERSION" "$KWOK_FALLBACK_VERSION"; do
+    log "building kwok and kwokctl $version"
+    tmp="$out.tmp.$$"
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    if go_install_into "$tmp" "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$version -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$K8S_VERSION" \
+         "sigs.k8s.io/kwok/cmd/kwok@$version" "sigs.k8s.io/kwok/cmd/kwokctl@$version"; then
+      [[ $version == "$KWOK_VERSION" ]] || log "warning: kwok $KWOK_VERSION failed to build; using $version"
+      finish_component "$tmp" "$out"
+      log "kwok $version built in $((SECONDS - started)) s"
+      return 0
+    fi
+  done
+  die "building kwok failed ($KWOK_VERSION and $KWOK_FALLBACK_VERSION)"
+}
+
+build_helm() {
+  local out="$BIN_CACHE/helm-$HELM_VERSION"
+  has_all_binaries_in "$out" helm && return 0
+  require_go
+  local started=$SECONDS tmp="$out.tmp.$$"
+  log "building helm $HELM_VERSION"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  go_install_into "$tmp" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm $HELM_VERSION failed"
+  finish_component "$tmp" "$out"
+  log "helm $HELM_VERSION built in $((SECONDS - started)) s"
+}
+
+has_all_binaries_in() {
+  local dir=$1 b; shift
+  for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+# Prints the directory holding every binary, building what is missing.
+ensure_binaries() {
+  if [[ -n "${TRAINING_HUB_K8S_BIN:-}" ]]; then
+    has_all_binaries "$TRAINING_HUB_K8S_BIN" || die "TRAINING_HUB_K8S_BIN=$TRAINING_HUB_K8S_BIN lacks one of: ${REQUIRED_BINARIES[*]}"
+    echo "$TRAINING_HUB_K8S_BIN"
+    return 0
+  fi
+  local set_dir
+  set_dir=$(bin_set_dir)
+  if has_all_binaries "$set_dir"; then echo "$set_dir"; return 0; fi
+  mkdir -p "$BIN_CACHE" "$BUILD_ROOT"
+  # Several test runs may ask at once: one builds, the others wait for it.
+  exec 9>"$CACHE_ROOT/build.lock"
+  flock 9
+  if ! has_all_binaries "$set_dir"; then
+    local started=$SECONDS
+    build_kubernetes
+    build_etcd
+    build_kwok
+    build_helm
+    mkdir -p "$set_dir"
+    local b
+    for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sfn "$BIN_CACHE/kubernetes-$K8S_VERSION/$b" "$set_dir/$b"; done
+    ln -sfn "$BIN_CACHE/etcd-$ETCD_VERSION/etcd" "$set_dir/etcd"
+    ln -sfn "$BIN_CACHE/kwok-$KWOK_VERSION/kwok" "$set_dir/kwok"
+    ln -sfn "$BIN_CACHE/kwok-$KWOK_VERSION/kwokctl" "$set_dir/kwokctl"
+    ln -sfn "$BIN_CACHE/helm-$HELM_VERSION/helm" "$set_dir/helm"
+    log "all binaries ready in $set_dir ($((SECONDS - started)) s)"
+  fi
+  flock -u 9
+  echo "$set_dir"
+}
+
+python_bin() {
+  if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then echo "$REPO_ROOT/.venv/bin/python"; else command -v python3; fi
+}
+
+# up/down/nodes/kubeconfig share one implementation with the pytest fixture.
+cluster_cli() {
+  local bin_dir
+  bin_dir=$(ensure_binaries)
+  PATH="$bin_dir:$PATH" TRAINING_HUB_K8S_BIN="$bin_dir" TRAINING_HUB_CACHE="$CACHE_ROOT" \
+    exec "$(python_bin)" "$REPO_ROOT/tests/support/kwok_cluster.py" "$@"
+}
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    build) ensure_binaries ;;
+    env)
+      local bin_dir
+      bin_dir=$(ensure_binaries)
+      printf 'export TRAINING_HUB_K8S_BIN=%q\n' "$bin_dir"
+      printf 'export PATH=%q:"$PATH"\n' "$bin_dir"
+      ;;
+    bin-dir)  # prints the binaries' directory if complete; never builds
+      if [[ -n "${TRAINING_HUB_K8S_BIN:-}" ]]; then has_all_binaries "$TRAINING_HUB_K8S_BIN" && echo "$TRAINING_HUB_K8S_BIN" && exit 0; exit 1; fi
+      has_all_binaries "$(bin_set_dir)" && bin_set_dir && exit 0; exit 1 ;;
+    versions)
+      echo "kubernetes $K8S_VERSION"; echo "etcd $ETCD_VERSION"; echo "kwok $KWOK_VERSION"; echo "helm $HELM_VERSION" ;;
+    up|down|nodes|kubeconfig|status) cluster_cli "$cmd" "$@" ;;
+    *) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
+  esac
+}
+
+main "$@"
+exit $?
+}
