@@ -128,8 +128,20 @@ class JobReconciler:
         self.jobs: dict[JobKey, _JobState] = {}
         self.executor = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="reconcile")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
+        self._background: list[asyncio.Future] = []
 
     # --- triggers (event loop) ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop scheduling; let the reconciliations in flight finish (their actions are idempotent anyway)."""
+        self.closing = True
+        for state in self.jobs.values():
+            if state.handle is not None:
+                state.handle.cancel()
+        for task in self._background:
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def phases(self):
         for state in list(self.jobs.values()):
@@ -164,6 +176,8 @@ class JobReconciler:
             self.trigger(key, delay=0)
 
     def trigger(self, key: JobKey, delay: float = 0.0) -> None:
+        if self.closing:
+            return
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         state = self.jobs.setdefault(key, _JobState())
@@ -186,7 +200,7 @@ class JobReconciler:
 
     async def _run(self, key: JobKey) -> None:
         state = self.jobs.get(key)
-        if state is None:
+        if state is None or self.closing:
             return
         state.handle, state.due = None, None
         if state.running:
@@ -201,7 +215,7 @@ class JobReconciler:
             requeue = self.settings.error_retry_seconds
         finally:
             state.running = False
-        if key not in self.jobs:
+        if key not in self.jobs or self.closing:
             return
         if state.again:
             state.again = False
@@ -348,7 +362,12 @@ def register(registry, reconciler: JobReconciler) -> None:
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         reconciler._loop = asyncio.get_running_loop()
-        asyncio.ensure_future(_resync_forever(reconciler))
+        reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # In-cluster service account, else $KUBECONFIG (the same sources as kube.load_api_client).
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def sftjob_event(event: Mapping[str, Any], **_: Any) -> None:
@@ -368,7 +387,7 @@ def register(registry, reconciler: JobReconciler) -> None:
 
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
-        reconciler.executor.shutdown(wait=False, cancel_futures=True)
+        reconciler.close()
 
 
 async def _resync_forever(reconciler: JobReconciler) -> None:
@@ -401,6 +420,8 @@ def run_operator(
         verbose=verbose,
         log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN,
     )
+    if not verbose:  # kopf logs every handled event at INFO ("Handler ... succeeded"): thousands per gang start
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same file
     kube = Kube(load_api_client(kubeconfig))
@@ -419,7 +440,7 @@ def run_operator(
     register(registry, reconciler)
     kopf.run(
         registry=registry,
-        namespaces=namespaces or None,
+        namespaces=namespaces,
         clusterwide=not namespaces,
         standalone=peering is None,
         peering_name=peering,

@@ -12,7 +12,8 @@ import logging
 import threading
 from typing import Any, Mapping
 
-from kubernetes import client, config as kube_config
+from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.client.rest import ApiException
 
 from sftjob_operator import labels
@@ -59,47 +60,66 @@ def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 32) -> cl
     return client.ApiClient(configuration)
 
 
-def _json(response: Any) -> dict[str, Any]:
-    return json.loads(response.data)
-
-
 class Kube:
-    def __init__(self, api_client: client.ApiClient, counter: RequestCounter | None = None) -> None:
-        self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+    """Raw JSON requests through the client's auth and TLS (no model (de)serialisation: fast, and the bodies are
+    exactly the dicts render/reconcile produced)."""
+
+    def __init__(self, api_client: client.ApiClient, counter: RequestCounter | None = None, timeout: float = 30) -> None:
+        self.api_client = api_client
         self.counter = counter or RequestCounter()
+        self.timeout = timeout
+
+    def request(
+        self,
+        verb: str,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        raw: bool = False,
+    ) -> Any:
+        """One API call; raises ApiException for HTTP errors. Returns parsed JSON (or text with raw=True)."""
+        self.counter.add(verb)
+        method_, url, headers, serialized, _ = self.api_client.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", **({"Content-Type": content_type} if body is not None else {})},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(method_, url, header_params=headers, body=serialized, _request_timeout=self.timeout)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+            raise ApiException(status=response.status, reason=response.reason, body=text)
+        if raw:
+            return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        return json.loads(data) if data else {}
 
     # --- reads --------------------------------------------------------------------------------------------------
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.counter.add("get")
-        try:
-            return _json(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return self._get_or_none(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}")
 
     def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        self.counter.add("list")
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=labels.job_selector_string(job_name), _preload_content=False
+        result = self.request(
+            "list", "GET", f"/api/v1/namespaces/{namespace}/pods",
+            query=[("labelSelector", labels.job_selector_string(job_name))],
         )
-        return _json(response).get("items", [])
+        return result.get("items", [])
 
     def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.counter.add("get")
-        try:
-            return _json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return self._get_or_none(f"/api/v1/namespaces/{namespace}/services/{name}")
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.counter.add("get")
+        return self._get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
-            return _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+            return self.request("get", "GET", path)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -107,31 +127,26 @@ class Kube:
 
     def read_log_tail(self, namespace: str, pod_name: str, *, lines: int = 20, limit_bytes: int = 16384) -> str | None:
         """The last lines of a pod's log, or None when the log cannot be read (yet)."""
-        self.counter.add("log")
         try:
-            response = self.core.read_namespaced_pod_log(
-                pod_name, namespace, tail_lines=lines, limit_bytes=limit_bytes, _preload_content=False
+            return self.request(
+                "log", "GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log",
+                query=[("tailLines", lines), ("limitBytes", limit_bytes)], raw=True,
             )
-            return response.data.decode("utf-8", "replace")
         except ApiException as error:
             log.debug("cannot read the log of %s/%s: %s", namespace, pod_name, error.reason)
             return None
 
     # --- writes -------------------------------------------------------------------------------------------------
 
+    _COLLECTIONS = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
+
     def create(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """Create a Pod, Service or ConfigMap. False when it already existed (409)."""
-        kind = body.get("kind")
-        create = {
-            "Pod": self.core.create_namespaced_pod,
-            "Service": self.core.create_namespaced_service,
-            "ConfigMap": self.core.create_namespaced_config_map,
-        }.get(kind)
-        if create is None:
-            raise ValueError(f"kube.create: unsupported kind {kind!r} (Pod, Service, ConfigMap)")
-        self.counter.add("create")
+        collection = self._COLLECTIONS.get(body.get("kind", ""))
+        if collection is None:
+            raise ValueError(f"kube.create: unsupported kind {body.get('kind')!r} (Pod, Service, ConfigMap)")
         try:
-            create(namespace, body, _preload_content=False)
+            self.request("create", "POST", f"/api/v1/namespaces/{namespace}/{collection}", body=dict(body))
             return True
         except ApiException as error:
             if error.status == 409:
@@ -139,22 +154,25 @@ class Kube:
             raise
 
     def replace_configmap_data(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
-        self.counter.add("patch")
         # A merge patch replaces `data` keys; keys that disappeared are set to null explicitly.
         current = self.get_configmap(namespace, name) or {}
         patch_data: dict[str, Any] = dict(data)
-        for key in (current.get("data") or {}):
+        for key in current.get("data") or {}:
             patch_data.setdefault(key, None)
-        self.core.patch_namespaced_config_map(name, namespace, {"data": patch_data})
+        self.request(
+            "patch", "PATCH", f"/api/v1/namespaces/{namespace}/configmaps/{name}",
+            body={"data": patch_data}, content_type="application/merge-patch+json",
+        )
 
     def delete_pod(self, namespace: str, name: str, uid: str, *, force: bool = False) -> bool:
         """Delete a pod with a uid precondition. False when it was gone or replaced."""
-        self.counter.add("delete")
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         if force:
-            options.grace_period_seconds = 0
+            options["gracePeriodSeconds"] = 0
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False)
+            self.request("delete", "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=options)
             return True
         except ApiException as error:
             if error.status in (404, 409):
@@ -163,12 +181,11 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         """Delete the SFTJob; the garbage collector deletes what it owns (owner references)."""
-        self.counter.add("delete")
-        options = client.V1DeleteOptions(
-            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid) if uid else None
-        )
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=options)
+            self.request("delete", "DELETE", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}", body=options)
             return True
         except ApiException as error:
             if error.status in (404, 409):
@@ -182,22 +199,14 @@ class Kube:
 
         Returns the updated job, or None when the job is gone.
         """
-        self.counter.add("patch")
         body: dict[str, Any] = {"status": dict(status_patch)}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            response = self.custom.api_client.call_api(
-                f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status",
-                "PATCH",
-                path_params={"namespace": namespace, "name": name},
-                header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
+            return self.request(
+                "patch", "PATCH", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+                body=body, content_type="application/merge-patch+json",
             )
-            return _json(response)
         except ApiException as error:
             if error.status == 409:
                 raise Conflict(str(error.reason)) from error
@@ -206,38 +215,38 @@ class Kube:
             raise
 
     def post_event(self, job: Mapping[str, Any], type_: str, reason: str, message: str, *, component: str) -> None:
-        """A core/v1 Event about the SFTJob (kubectl describe sftjob shows them)."""
+        """A core/v1 Event about the SFTJob (kubectl describe sftjob shows them). Best effort."""
         meta = job["metadata"]
-        self.counter.add("create")
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind=KIND,
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta.get("uid"),
-                resource_version=meta.get("resourceVersion"),
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            source=client.V1EventSource(component=component),
-            reporting_component=component,
-            reporting_instance=component,
-            action=reason,
-            event_time=None,
-            first_timestamp=_now_rfc3339(),
-            last_timestamp=_now_rfc3339(),
-            count=1,
-        )
+        now = _now_rfc3339()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
-        except ApiException as error:  # an event is best effort; never fail a reconcile for it
+            self.request("create", "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+        except ApiException as error:
             log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], error.reason)
 
 
-def _now_rfc3339():
+def _now_rfc3339() -> str:
     from datetime import datetime, timezone
 
-    return datetime.now(timezone.utc)
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
