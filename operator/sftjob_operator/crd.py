@@ -126,16 +126,13 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "Versioned schema of this representation of an object (training-hub.io/v1alpha1).",
             },
             "kind": {"type": "string", "description": "REST resource this object represents (SFTJob)."},
-            "metadata": {
-                "type": "object",
-                "description": "Standard object metadata. The name must be a DNS-1035 label of at most 63 "
-                "characters. Label kueue.x-k8s.io/queue-name sends the gang to a Kueue LocalQueue.",
-            },
+            # The API server allows no more than the type here (name rules are the CEL rule below).
+            "metadata": {"type": "object"},
             "spec": structural_schema(api.SFTJobSpec.model_json_schema(by_alias=True, mode="validation")),
             "status": structural_schema(api.SFTJobStatus.model_json_schema(by_alias=True, mode="validation")),
         },
         "x-kubernetes-validations": [
-            {"rule": api.NAME_RULE_CEL, "message": api.NAME_MESSAGE, "fieldPath": ".metadata.name"},
+            {"rule": api.NAME_RULE_CEL, "message": api.NAME_MESSAGE},
             *(_immutable_rule(field) for field in IMMUTABLE_WHILE_RUNNING),
         ],
     }
