@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The README's "run" command: the main job (4 nodes x 8 GPUs) on a local control plane, in one go.
+#
+#   bash hack/demo.sh          set up (or reuse) everything and run the sample SFTJob; leaves it all running
+#   bash hack/demo.sh down     stop the operator and delete the cluster
+#
+# Steps: the venv (hack/bootstrap.sh), a real control plane with 4 fake 8-GPU nodes (hack/control-plane.sh:
+# etcd, kube-apiserver, controller-manager, scheduler built from source; kwok plays the kubelets, so
+# containers do not really run), the CRD + ServiceAccount + RBAC from the Helm chart, the operator as a
+# local process, and examples/sftjob-multi-node.yaml. Idempotent: a second run reuses what is there.
+#
+# Env: TRAINING_HUB_DEMO_CLUSTER  cluster name (default training-hub)
+#      TRAINING_HUB_DEMO_JOB      SFTJob manifest (default examples/sftjob-multi-node.yaml)
+#      TRAINING_HUB_DEMO_SKIP_BOOTSTRAP=1   use the existing .venv as is
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO_ROOT=$PWD
+
+CLUSTER=${TRAINING_HUB_DEMO_CLUSTER:-training-hub}
+JOB_MANIFEST=${TRAINING_HUB_DEMO_JOB:-examples/sftjob-multi-node.yaml}
+NAMESPACE=default
+RELEASE=training-hub-operator
+RELEASE_NAMESPACE=training-hub-system
+CACHE_ROOT="${TRAINING_HUB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/training-hub}"
+STATE_DIR="$CACHE_ROOT/demo/$CLUSTER"
+OPERATOR_PID_FILE="$STATE_DIR/operator.pid"
+OPERATOR_LOG="$STATE_DIR/operator.log"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "demo: error: $*" >&2; exit 1; }
+
+operator_pid() {
+  # The recorded pid, only while it is still our operator (pids get reused).
+  [[ -f "$OPERATOR_PID_FILE" ]] || return 1
+  local pid
+  pid=$(cat "$OPERATOR_PID_FILE")
+  [[ -n "$pid" ]] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "sftjob-operator run" || return 1
+  echo "$pid"
+}
+
+stop_operator() {
+  local pid
+  if pid=$(operator_pid); then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    echo "demo: operator (pid $pid) stopped" >&2
+  fi
+  rm -f "$OPERATOR_PID_FILE"
+}
+
+if [[ "${1:-}" == "down" ]]; then
+  stop_operator
+  bash hack/control-plane.sh down "$CLUSTER"
+  rm -rf "$STATE_DIR"
+  echo "demo: cluster $CLUSTER deleted" >&2
+  exit 0
+fi
+[[ $# -eq 0 ]] || die "usage: bash hack/demo.sh [down]"
+[[ -f "$JOB_MANIFEST" ]] || die "no such SFTJob manifest: $JOB_MANIFEST"
+mkdir -p "$STATE_DIR"
+
+step "1/6 Python environment (.venv: the library, the operator, the test tools)"
+if [[ "${TRAINING_HUB_DEMO_SKIP_BOOTSTRAP:-}" != 1 ]]; then
+  bash hack/bootstrap.sh
+fi
+[[ -x .venv/bin/sftjob-operator ]] || die ".venv/bin/sftjob-operator missing; run bash hack/bootstrap.sh"
+
+step "2/6 Control plane '$CLUSTER' with 4 nodes x 8 nvidia.com/gpu (binaries are built once, then cached)"
+eval "$(bash hack/control-plane.sh env)"
+KUBECONFIG_PATH=$(bash hack/control-plane.sh up "$CLUSTER" --nodes 4 --gpus-per-node 8)
+export KUBECONFIG=$KUBECONFIG_PATH
+kubectl get nodes -L nvidia.com/gpu.count
+
+step "3/6 CRD, ServiceAccount and RBAC from the Helm chart (replicaCount=0: the operator runs locally below)"
+helm upgrade --install "$RELEASE" deploy/helm/training-hub-operator \
+  --namespace "$RELEASE_NAMESPACE" --create-namespace \
+  --set replicaCount=0 --wait --timeout 120s >/dev/null
+kubectl wait --for=condition=Established crd/sftjobs.training-hub.io --timeout=60s >/dev/null
+helm list --namespace "$RELEASE_NAMESPACE"
+
+step "4/6 The operator, as a local process (log: $OPERATOR_LOG)"
+if pid=$(operator_pid); then
+  echo "demo: operator already running (pid $pid)" >&2
+else
+  # Ports 0: no metrics/health servers, so nothing clashes with other local processes.
+  nohup .venv/bin/sftjob-operator run --kubeconfig "$KUBECONFIG" --metrics-port 0 --health-port 0 \
+    >>"$OPERATOR_LOG" 2>&1 </dev/null &
+  echo $! > "$OPERATOR_PID_FILE"
+  sleep 2
+  operator_pid >/dev/null || { tail -20 "$OPERATOR_LOG" >&2; die "the operator exited at start"; }
+  echo "demo: operator started (pid $(cat "$OPERATOR_PID_FILE"))" >&2
+fi
+
+step "5/6 The sample SFTJob ($JOB_MANIFEST) and what it mounts"
+# The example mounts a ReadWriteMany claim `shared-training`; here a static volume stands in for shared storage.
+kubectl apply --server-side --field-manager=training-hub-demo -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: training-hub-demo-shared
+spec:
+  capacity: {storage: 1Ti}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: /tmp/training-hub-demo-shared}
+  claimRef: {namespace: $NAMESPACE, name: shared-training}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: shared-training
+  namespace: $NAMESPACE
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: training-hub-demo-shared
+  resources: {requests: {storage: 1Ti}}
+YAML
+kubectl apply --server-side --field-manager=training-hub-demo -n "$NAMESPACE" -f "$JOB_MANIFEST"
+JOB=$(kubectl create --dry-run=client -o jsonpath='{.metadata.name}' -f "$JOB_MANIFEST")
+
+step "6/6 Waiting for the gang: pods created, scheduled one per node, running"
+deadline=$((SECONDS + 180))
+until [[ -n "$(kubectl get pods -n "$NAMESPACE" -l "training-hub.io/job-name=$JOB" -o name 2>/dev/null)" ]]; do
+  (( SECONDS < deadline )) || { tail -30 "$OPERATOR_LOG" >&2; die "no pods for sftjob/$JOB after 180 s"; }
+  sleep 1
+done
+kubectl wait --for=condition=Ready pod -n "$NAMESPACE" -l "training-hub.io/job-name=$JOB" --timeout=180s >/dev/null
+kubectl wait --for=jsonpath='{.status.phase}'=Running "sftjob/$JOB" -n "$NAMESPACE" --timeout=120s >/dev/null
+
+echo
+kubectl get sftjobs,pods,svc -n "$NAMESPACE" -o wide
+cat >&2 <<EOF
+
+The SFTJob '$JOB' runs as a gang of pods, one per GPU node. (kwok simulates the kubelets: the pods
+report Running but no container runs; a real cluster with the trainer image trains for real.)
+
+  export KUBECONFIG=$KUBECONFIG
+  kubectl get sftjobs -w                          # phase, nodes ready, GPUs/node, restarts, progress
+  kubectl describe sftjob $JOB                    # conditions and events
+  kubectl get sftjob $JOB -o yaml                 # full status
+  tail -f $OPERATOR_LOG   # the operator
+
+Tear it all down:  bash hack/demo.sh down
+EOF
