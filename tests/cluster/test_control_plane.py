@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -316,6 +317,41 @@ def test_down_leaves_no_process_behind(k8s_bin_dir: Path):
         kwok_cluster.stop_cluster(name, k8s_bin_dir)
     assert not [pid for pid in pids if kwok_cluster._alive(pid)]
     assert not second.workdir.exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_down_ends_every_process_even_when_kwokctl_lost_track_of_them(k8s_bin_dir: Path):
+    name = f"th-lost-{os.getpid()}"
+    second = kwok_cluster.start_cluster(name, k8s_bin_dir, nodes=0)
+    pids = second.pids()
+    try:
+        assert len(pids) >= 5, pids
+        shutil.rmtree(second.workdir / "pids")  # as after a crash mid-way
+    finally:
+        kwok_cluster.stop_cluster(name, k8s_bin_dir)
+    assert not [pid for pid in pids if kwok_cluster._alive(pid)]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_failed_start_raises_and_leaves_no_process_behind(k8s_bin_dir: Path, tmp_path: Path):
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    for binary in kwok_cluster.REQUIRED_BINARIES:
+        (broken / binary).symlink_to((k8s_bin_dir / binary).resolve())
+    (broken / "kube-apiserver").unlink()
+    (broken / "kube-apiserver").write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo "Kubernetes v1.34.4" && exit 0\necho "no apiserver today" >&2\nexit 1\n'
+    )
+    (broken / "kube-apiserver").chmod(0o755)
+    name = f"th-broken-{os.getpid()}"
+
+    with pytest.raises(kwok_cluster.ControlPlaneUnavailable, match=f"kwokctl create cluster {name} failed"):
+        kwok_cluster.start_cluster(name, broken, nodes=0, timeout=20)
+
+    assert not kwok_cluster._pids_mentioning(kwok_cluster.cluster_dir(name))
+    assert not kwok_cluster.cluster_dir(name).exists()
 
 
 def test_cri_log_lines_keep_text_and_drop_only_the_final_newline():

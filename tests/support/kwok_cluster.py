@@ -128,6 +128,7 @@ def _env_with_bin_dir(bin_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["KWOK_WORKDIR"] = str(kwok_workdir())
+    env.setdefault("KUBECACHEDIR", str(cache_root() / "kube-cache"))  # kubectl's discovery cache, not ~/.kube
     return env
 
 
@@ -245,8 +246,10 @@ class KwokCluster:
                     "status": {"capacity": resources, "allocatable": resources},
                 }
             )
+        if not nodes:
+            return []
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
-        if names and wait_ready:
+        if wait_ready:
             self.kubectl(
                 "wait", "--for=condition=Ready", f"--timeout={int(wait_ready)}s", *[f"node/{n}" for n in names],
                 timeout=wait_ready + 30,
@@ -507,8 +510,14 @@ def start_cluster(
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=timeout + 60)
     if result.returncode != 0:
+        kept_logs = kwok_workdir() / "failed-logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        if (workdir / "logs").is_dir():
+            shutil.copytree(workdir / "logs", kept_logs, dirs_exist_ok=True)
         stop_cluster(name, bin_dir)  # also after a failed start: leave no process behind
-        raise ControlPlaneUnavailable(f"kwokctl create cluster {name} failed:\n{result.stdout}\n{result.stderr}")
+        output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise ControlPlaneUnavailable(
+            f"kwokctl create cluster {name} failed (exit {result.returncode}); component logs kept in {kept_logs}:\n{output}"
+        )
     cluster.wait_for_controllers()
     cluster.create_gpu_nodes(nodes, gpus_per_node)
     return cluster
