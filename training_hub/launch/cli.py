@@ -335,6 +335,15 @@ def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> 
         request_file, result_file = Path(workdir, "request.json"), Path(workdir, "result.json")
         request_file.write_text(json.dumps({"function": trainer, "kwargs": dict(kwargs)}, default=str))
         run.signals.done_marker = str(result_file)
+        run.signals.on_first_signal = lambda signum: write_summary(
+            training_summary(
+                Outcome.PREEMPTED,
+                f"received {signal.Signals(signum).name}; stopping training (this summary is replaced when it stops)",
+                None,
+                tailer.last_event if tailer else None,
+            ),
+            run.termination_log,
+        )
         command = [sys.executable, "-m", "training_hub.launch.trainer", str(request_file), str(result_file)]
         child = run_child(command, run.signals, console)
         if tailer is not None:

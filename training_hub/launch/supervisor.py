@@ -39,6 +39,9 @@ class SignalState:
     finished_before_signal: bool = False
     child: subprocess.Popen | None = None
     done_marker: str | None = None  # a file that exists once the child's work is done
+    # called once, on the first signal, unless the work was already done: e.g. write a provisional
+    # summary, so that a SIGKILL at the end of the grace period still leaves "preempted" behind
+    on_first_signal: Callable[[int], None] | None = None
     _previous: dict[int, object] = field(default_factory=dict)
 
     def install(self) -> "SignalState":
@@ -56,6 +59,11 @@ class SignalState:
         if first:
             self.received = signum
             self.finished_before_signal = bool(self.done_marker and os.path.exists(self.done_marker))
+            if self.on_first_signal is not None and not self.finished_before_signal:
+                try:
+                    self.on_first_signal(signum)
+                except Exception:  # best effort: forwarding the signal matters more
+                    pass
         child = self.child
         if child is not None and child.poll() is None:
             try:
@@ -107,7 +115,10 @@ def _relay(child: subprocess.Popen, console: ConsoleWriter, on_line: Callable[[s
             break
         if not chunk:
             break
-        console.relay(chunk)
+        try:
+            console.relay(chunk)
+        except Exception:  # our stdout is gone: keep draining, or the child blocks on a full pipe
+            pass
         if on_line is not None:
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:

@@ -127,3 +127,27 @@ def test_sigterm_while_waiting_for_the_rendezvous_is_preempted_not_a_timeout(tmp
     assert proc.returncode == 143
     summary = read_summary(tmp_path / "termination-log")
     assert summary == {"outcome": "preempted", "message": "received SIGTERM before training started"}
+
+
+@pytest.mark.timeout(120)
+def test_preempted_summary_is_written_at_once_so_a_sigkill_after_the_grace_period_keeps_it(tmp_path):
+    config, env = _setup(tmp_path)
+    proc = subprocess.Popen(cli_command(["sft", "--config", str(config)], "launch_fakes:ignore_sigterm"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_file(tmp_path / "ckpt" / "ready", proc)
+        time.sleep(1.0)  # let the tailer see both steps
+        proc.send_signal(signal.SIGTERM)
+        summary_path = tmp_path / "termination-log"
+        deadline = time.monotonic() + 20
+        while not summary_path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert proc.poll() is None  # the trainer ignores SIGTERM: the entrypoint is still waiting for it
+        summary = read_summary(summary_path)
+        assert summary["outcome"] == "preempted" and summary["message"].startswith("received SIGTERM; stopping training")
+        assert summary["step"] == 2  # the last progress seen so far
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the kubelet at the end of the grace period
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
