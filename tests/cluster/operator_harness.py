@@ -1,0 +1,226 @@
+"""Running the real operator (`sftjob-operator run`, a subprocess) against the test cluster, and small helpers
+to apply SFTJobs and watch what happens. Used by tests/cluster/test_operator*.py and bench/operator_*.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO_ROOT / "deploy" / "crds" / "training-hub.io_sftjobs.yaml"
+JOB_LABEL = "training-hub.io/job-name"
+
+# Short timings so failure paths finish in seconds (production defaults are in reconcile.ReconcilePolicy).
+FAST_ENV = {
+    "SFTJOB_OPERATOR_RESTART_BACKOFF_SECONDS": "0.5",
+    "SFTJOB_OPERATOR_RESTART_BACKOFF_MAX_SECONDS": "2",
+    "SFTJOB_OPERATOR_RECHECK_SECONDS": "0.5",
+    "SFTJOB_OPERATOR_PROGRESS_INTERVAL_SECONDS": "1",
+    "SFTJOB_OPERATOR_RESYNC_SECONDS": "10",
+    "SFTJOB_OPERATOR_DEBOUNCE_SECONDS": "0.1",
+    "SFTJOB_OPERATOR_FORCE_DELETE_AFTER": "5",
+    "SFTJOB_OPERATOR_TRAINER_IMAGE": "training-hub-trainer:test",
+}
+
+TRAINING = {
+    "modelPath": "/shared/models/granite",
+    "dataPath": "/shared/data/train.jsonl",
+    "ckptOutputDir": "/shared/checkpoints/run",
+    "numEpochs": 2,
+    "effectiveBatchSize": 32,
+    "learningRate": 1.0e-5,
+    "maxSeqLen": 1024,
+}
+
+
+# The operator tests run on their own tainted node pool, so GPUs held by other tests' pods never make a gang wait.
+POOL_LABEL = "training-hub.io/test-pool"
+POOL = "operator"
+POOL_NODE_PREFIX = "op-gpu"
+
+
+def create_pool(cluster, count: int = 4, gpus_per_node: int = 8) -> list[str]:
+    names = cluster.create_gpu_nodes(count, gpus_per_node, prefix=POOL_NODE_PREFIX, labels={POOL_LABEL: POOL})
+    cluster.kubectl("taint", "nodes", *names, f"{POOL_LABEL}={POOL}:NoSchedule", "--overwrite")
+    return names
+
+
+def install_crd(cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    wait_until(
+        lambda: cluster.kubectl("get", "crd", "sftjobs.training-hub.io", "-o",
+                                'jsonpath={.status.conditions[?(@.type=="Established")].status}').stdout == "True",
+        60, "the SFTJob CRD established",
+    )
+
+
+class OperatorProcess:
+    """`sftjob-operator run -n <namespace>` with the test kubeconfig; logs go to a file for failure reports."""
+
+    def __init__(self, cluster, namespaces: list[str], log_path: Path, env: Mapping[str, str] | None = None,
+                 metrics_port: int = 0) -> None:
+        self.cluster = cluster
+        self.namespaces = namespaces
+        self.log_path = log_path
+        self.env = {**os.environ, **FAST_ENV, **(env or {}), "KUBECONFIG": cluster.kubeconfig}
+        self.metrics_port = metrics_port
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> "OperatorProcess":
+        self.starts += 1
+        command = [sys.executable, "-m", "sftjob_operator.cli", "run", "--kubeconfig", self.cluster.kubeconfig,
+                   "--metrics-port", str(self.metrics_port), "--health-port", "0"]
+        for namespace in self.namespaces:
+            command += ["-n", namespace]
+        log = open(self.log_path, "a")
+        log.write(f"\n===== start {self.starts}: {' '.join(command)}\n")
+        log.flush()
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        start_new_session=True)
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case (no cleanup at all)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def sftjob(name: str, namespace: str, *, nnodes: int = 4, nproc_per_node: int = 2, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "training-hub.io/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nnodes": nnodes,
+            "nprocPerNode": nproc_per_node,
+            "training": dict(TRAINING),
+            "nodeSelector": {POOL_LABEL: POOL},
+            "tolerations": [{"key": POOL_LABEL, "operator": "Equal", "value": POOL, "effect": "NoSchedule"}],
+            **spec,
+        },
+    }
+
+
+def apply(cluster, *objects: Mapping[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+
+
+def get_job(cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "sftjob", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def job_pods(cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    items = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", f"{JOB_LABEL}={name}")["items"]
+    return sorted(items, key=lambda p: p["metadata"]["name"])
+
+
+def condition(job: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for item in ((job or {}).get("status") or {}).get("conditions") or ():
+        if item.get("type") == type_:
+            return item
+    return None
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.3,
+               describe: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = describe() if describe else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{detail}")
+        time.sleep(interval)
+
+
+def terminate_pod(cluster, namespace: str, name: str, exit_code: int, *, reason: str | None = None,
+                  message: str = "") -> None:
+    """Ends a pod as a kubelet would, keeping the termination message also on exit 0 (the success summary)."""
+    pod = cluster.kubectl_json("get", "pod", name, "-n", namespace)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    terminated = {
+        "exitCode": exit_code,
+        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+        "startedAt": (pod.get("status") or {}).get("startTime", now),
+        "finishedAt": now,
+        "containerID": f"kwok://{name}",
+    }
+    if message:
+        terminated["message"] = message
+    container = pod["spec"]["containers"][0]
+    phase = "Succeeded" if exit_code == 0 else "Failed"
+    status = {
+        "phase": phase,
+        "conditions": [{"type": t, "status": "False", "reason": "PodCompleted" if exit_code == 0 else "PodFailed",
+                        "lastTransitionTime": now} for t in ("Ready", "ContainersReady")],
+        "containerStatuses": [{
+            "name": container["name"], "image": container.get("image", ""), "imageID": "",
+            "containerID": f"kwok://{name}", "ready": False, "started": False, "restartCount": 0,
+            "state": {"terminated": terminated},
+        }],
+    }
+    cluster.kubectl("patch", "pod", name, "-n", namespace, "--subresource=status", "--type=strategic",
+                    "-p", json.dumps({"status": status}))
+
+
+def shared_volume(cluster, namespace: str, claim: str = "shared") -> dict[str, Any]:
+    """A bound ReadWriteMany PVC (NFS-backed PV: kwok never mounts it; the scheduler needs it bound)."""
+    pv_name = f"{namespace}-{claim}"[:63]
+    apply(
+        cluster,
+        {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "manual",
+                "nfs": {"server": "nfs.example.invalid", "path": "/export"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "100Gi"}}},
+        },
+    )
+    wait_until(
+        lambda: cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout == "Bound",
+        60, f"PVC {claim} bound",
+    )
+    return {"name": "shared", "claimName": claim, "mountPath": "/shared"}
+
+
+def delete_pv(cluster, namespace: str, claim: str = "shared") -> None:
+    cluster.kubectl("delete", "pv", f"{namespace}-{claim}"[:63], "--wait=false", "--ignore-not-found", check=False)
