@@ -727,6 +727,16 @@ def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
     return problems
 
 
+def _plain(value: Any) -> Any:
+    """Plain dicts/lists from any mappings/sequences (e.g. kopf's read-only views), so free-form fields such as
+    extraArgs serialize as JSON."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def load_spec(job: Mapping[str, Any]) -> SFTJobSpec:
     """Validate an SFTJob object (as read from the API or a file) and return its spec; raises `InvalidSFTJob`."""
     problems: list[str] = []
@@ -740,7 +750,7 @@ def load_spec(job: Mapping[str, Any]) -> SFTJobSpec:
         problems.append(f"{NAME_MESSAGE} (got {name!r})")
     spec: SFTJobSpec | None = None
     try:
-        spec = SFTJobSpec.model_validate(job.get("spec") or {})
+        spec = SFTJobSpec.model_validate(_plain(job.get("spec") or {}))
     except ValidationError as exc:
         problems.extend(validation_problems(exc, "spec"))
     if problems or spec is None:

@@ -20,10 +20,13 @@ MANAGED_BY_VALUE = "training-hub-operator"
 KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # label, on the SFTJob and copied to its pods
 KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"  # label
 KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"  # annotation
+# Kueue keeps a group's quota after a pod fails, waiting for its replacement (the next gang reuses the group
+# name). When the job ends for good, annotating the pods "false" lets Kueue finish the group and free the quota.
+KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"  # annotation
 
 # Keys a user may not set through spec.podLabels / spec.podAnnotations: the operator owns them.
 RESERVED_POD_LABELS = (JOB_NAME, NODE_RANK, ATTEMPT, RDZV_ID, MANAGED_BY, KUEUE_QUEUE_NAME, KUEUE_POD_GROUP_NAME)
-RESERVED_POD_ANNOTATIONS = (KUEUE_POD_GROUP_TOTAL_COUNT,)
+RESERVED_POD_ANNOTATIONS = (KUEUE_POD_GROUP_TOTAL_COUNT, KUEUE_RETRIABLE_IN_GROUP)
 
 
 def job_selector(job_name: str) -> dict[str, str]:

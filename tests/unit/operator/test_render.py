@@ -289,3 +289,18 @@ def test_rdzv_id_is_deterministic_per_attempt_and_fresh_across_attempts():
         assert len(rdzv_id) <= 63 and rdzv_id.replace("-", "").isalnum()  # a valid label value
     with pytest.raises(ValueError, match="attempt"):
         render.new_rdzv_id(UID, -1)
+
+
+def test_read_only_mappings_render_like_dicts():
+    from types import MappingProxyType
+
+    def frozen(value):
+        if isinstance(value, dict):
+            return MappingProxyType({k: frozen(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return tuple(frozen(v) for v in value)
+        return value
+
+    job = four_node_job()
+    expected = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
+    assert render.render_gang(frozen(job), attempt=0, rdzv_id="r", config=CONFIG) == expected
