@@ -807,7 +807,7 @@ def step_sft(layout: WorkLayout, settings: ProofSettings, limit_s: float) -> dic
         problems.append(f"metrics cover epochs {details['epochs_seen']}, expected {settings.num_epochs}")
     if problems:
         raise StepFailed("; ".join(problems), **details)
-    details["generation"] = load_and_generate(Path(details["result"]["final_checkpoint"]))
+    details["generation"] = load_and_generate(Path(details["result"]["final_checkpoint"]), layout.model)
     return details
 
 
@@ -842,11 +842,15 @@ def result_problems(result: Mapping[str, Any], ckpt_dir: Path) -> list[str]:
     return problems
 
 
-def load_and_generate(checkpoint: Path) -> dict[str, Any]:
+def load_and_generate(checkpoint: Path, base_model: Path) -> dict[str, Any]:
+    """Reload the checkpoint as a user would and generate a few tokens on the GPU."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    try:
+        tokenizer, tokenizer_from = AutoTokenizer.from_pretrained(checkpoint), "checkpoint"
+    except (OSError, ValueError):  # reported, not fatal: the model weights are what is being proven
+        tokenizer, tokenizer_from = AutoTokenizer.from_pretrained(base_model), "base model (none in checkpoint)"
     model = AutoModelForCausalLM.from_pretrained(checkpoint).to("cuda").eval()
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the loss of the model?"}],
                                            tokenize=False, add_generation_prompt=True)
@@ -857,7 +861,7 @@ def load_and_generate(checkpoint: Path) -> dict[str, Any]:
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
     if new_tokens.numel() == 0:
         raise StepFailed("the reloaded checkpoint generated no tokens")
-    return {"checkpoint": str(checkpoint), "model_class": type(model).__name__,
+    return {"checkpoint": str(checkpoint), "model_class": type(model).__name__, "tokenizer_from": tokenizer_from,
             "new_tokens": int(new_tokens.numel()), "text": tokenizer.decode(new_tokens)}
 
 
@@ -1071,6 +1075,13 @@ def run_all(layout: WorkLayout, settings: ProofSettings, *, steps: Sequence[str]
     return build_report(results, total_s=time.monotonic() - start, steps=steps)
 
 
+def _put_interpreter_bin_on_path() -> None:
+    """`training-hub` and `torchrun` are installed next to the interpreter; a venv need not be activated."""
+    here = str(Path(sys.executable).parent)
+    if here not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + here
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1094,6 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--steps: unknown {unknown}; known: {', '.join(STEP_ORDER)}")
     layout = WorkLayout(Path(args.work))
     shutil.rmtree(layout.root, ignore_errors=True)
+    _put_interpreter_bin_on_path()
     report = run_all(layout, ProofSettings(), steps=steps, total_budget_s=args.budget)
     text = json.dumps(report, default=str)
     if args.report:
