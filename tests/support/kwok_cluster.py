@@ -41,6 +41,7 @@ Only the standard library is imported at module level: the CLI runs without the 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import re
@@ -508,7 +509,13 @@ def start_cluster(
         str(bin_dir / "kwokctl"), "--config", str(config_path), "create", "cluster", "--name", name,
         "--runtime", "binary", "--kubeconfig", "", "--wait", f"{int(timeout)}s", "--timeout", f"{int(timeout)}s",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=timeout + 60)
+    # kwokctl picks ports by counting down from 32767, skipping those of clusters already saved in
+    # the workdir: two creates at once would pick the same ones, so they take turns.
+    with open(kwok_workdir() / "create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=timeout + 60
+        )
     if result.returncode != 0:
         kept_logs = kwok_workdir() / "failed-logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
         if (workdir / "logs").is_dir():
@@ -523,13 +530,15 @@ def start_cluster(
     return cluster
 
 
-def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, grace: float = 10) -> None:
+def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, grace: float = 3) -> None:
     """Deletes the cluster and ends every process it started, even if kwokctl's own bookkeeping is broken."""
     workdir = cluster_dir(name)
     bin_dir = bin_dir or find_bin_dir()
     if bin_dir is not None:
         subprocess.run(
-            [str(bin_dir / "kwokctl"), "delete", "cluster", "--name", name, "--kubeconfig", ""],
+            # kwokctl refuses an empty --kubeconfig here; a file of its own keeps ~/.kube/config untouched.
+            [str(bin_dir / "kwokctl"), "delete", "cluster", "--name", name,
+             "--kubeconfig", str(kwok_workdir() / "unused-kubeconfig.yaml")],
             capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=120,
         )
     leftovers = _pids_mentioning(workdir)
