@@ -2,7 +2,7 @@
 
     sftjob-operator crd [--check FILE]                 the CRD YAML (deploy/crds/ holds its output)
     sftjob-operator render -f FILE [--attempt N]       the exact objects the operator would create, no cluster
-    sftjob-operator run ...                            the operator itself (added by handlers' owner)
+    sftjob-operator run ...                            the operator itself (kopf)
 
 Each subcommand is one `add_*_command(subparsers)` function; `COMMANDS` lists them.
 """
