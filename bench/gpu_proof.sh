@@ -10,7 +10,8 @@
 # one JSON report. If $OUT is set (the device tool), the report and the logs are copied there.
 #
 # Environment: PYTHON (default python3), GPU_PROOF_WHEELS, GPU_PROOF_SITE, GPU_PROOF_WORK,
-# GPU_PROOF_BUDGET_S (default 480), GPU_PROOF_STEPS (comma-separated subset).
+# GPU_PROOF_BUDGET_S (default 480), GPU_PROOF_STEPS (comma-separated subset), GPU_PROOF_INSTALL_ONLY=1
+# (install and check the wheels, run nothing).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,7 +50,10 @@ export PATH
 # steps show whether it matters).
 "$python" - "$here/gpu_proof/wheels.txt" <<'EOF' || true
 import importlib.metadata as md, re, sys
-from packaging.requirements import Requirement
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # pip vendors it
+    from pip._vendor.packaging.requirements import Requirement
 names = [re.split(r"[=<> ;#]", l.strip())[0] for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
 for name in names + ["training-hub"]:
     try:
@@ -67,6 +71,11 @@ for name in names + ["training-hub"]:
         if req.specifier and not req.specifier.contains(version, prereleases=True):
             print(f"[gpu-proof] warning: {name} requires {text}: found {version}")
 EOF
+
+if [ -n "${GPU_PROOF_INSTALL_ONLY:-}" ]; then
+  echo "[gpu-proof] install only: done"
+  exit 0
+fi
 
 cd "$root"
 report=$work.report.json
