@@ -229,3 +229,16 @@ def test_importing_the_cli_stays_light():
     code = "import sys, training_hub.launch.cli; print(sorted(m for m in ('torch', 'transformers', 'instructlab', 'kopf') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.timeout(60)
+def test_console_script_is_installed_and_runs(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = shutil.which("training-hub") or str(Path(sys.executable).parent / "training-hub")
+    done = subprocess.run([script, "sft", "--num-epochs", "0"], capture_output=True, text=True, timeout=60,
+                          env=clean_env(TRAINING_HUB_TERMINATION_LOG=str(tmp_path / "log")))
+    assert done.returncode == 78
+    assert "model_path: required" in done.stderr and "num_epochs: input should be greater than or equal to 1" in done.stderr
