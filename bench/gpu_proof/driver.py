@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -462,10 +463,21 @@ def saved_full_states(ckpt_dir: Path) -> list[int]:
     if base.is_dir():
         for path in base.glob("epoch_*"):
             number = path.name.removeprefix("epoch_")
-            meta = path / "training_metadata.json"
-            if number.isdigit() and meta.is_file() and meta.stat().st_size > 0:
+            if number.isdigit() and _completely_written(path / "training_metadata.json"):
                 epochs.append(int(number))
     return sorted(epochs)
+
+
+def _completely_written(path: Path, settle_s: float = 0.3) -> bool:
+    """torch.save writes a zip, readable only once its central directory (written last) is there;
+    any other non-empty file counts once it has not changed for `settle_s`."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size == 0:
+        return False
+    return zipfile.is_zipfile(path) or time.time() - stat.st_mtime >= settle_s
 
 
 def progress_events(output: str) -> list[dict[str, Any]]:
@@ -732,7 +744,10 @@ def step_environment(layout: WorkLayout, settings: ProofSettings, limit_s: float
         info["device_name"] = torch.cuda.get_device_name(0)
         info["device_count"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
-        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        try:
+            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception as exc:  # informative only; the preflight step proves NCCL
+            info["nccl"] = f"unknown ({exc})"
     missing = [name for name in ("training_hub_cli", "torchrun") if not info[name]]
     if not info["cuda_available"]:
         raise StepFailed("torch sees no CUDA device", **info)
@@ -880,6 +895,13 @@ def _pod_run(layout: WorkLayout, settings: ProofSettings, step: str, *, uid: str
     return local, {**os.environ, **local.environment}, termination_log
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def _training_hub_env(environment: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environment.items() if k.startswith("TRAINING_HUB_")}
 
@@ -959,7 +981,7 @@ def step_resume(layout: WorkLayout, settings: ProofSettings, limit_s: float) -> 
         runs_in_metrics=len(runs),
         resumed_at_epoch=resumed_at_epoch(records),
         summary_resumed_from_epoch=(summary or {}).get("resumed_from_epoch"),
-        log_says_loading_state="Loading state from" in second.output,
+        log_says_loading_state="Loading state from" in second.output + _read_text(ckpt / "full_logs_global0.log"),
         restarted_run_loss=loss_trend(runs[-1]) if runs else None,
     )
     problems = []

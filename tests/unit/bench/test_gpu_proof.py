@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -88,12 +89,23 @@ def _checkpoint(ckpt: Path, name: str) -> Path:
     return path
 
 
-def _full_state(ckpt: Path, epoch: int, complete: bool = True) -> Path:
+def _full_state(ckpt: Path, epoch: int, metadata: str = "zip") -> Path:
+    """A full_state/epoch_N folder; its training_metadata.json as torch.save writes it (a zip), torn
+    (a zip's head without its central directory), absent, or a non-zip file of a given age."""
     path = ckpt / "full_state" / f"epoch_{epoch}"
     path.mkdir(parents=True)
     (path / "optimizer.bin").write_bytes(b"x")
-    if complete:
-        (path / "training_metadata.json").write_bytes(b"\x80metadata")
+    meta = path / "training_metadata.json"
+    if metadata in ("zip", "torn"):
+        with zipfile.ZipFile(meta, "w") as archive:
+            archive.writestr("training_metadata/data.pkl", b"\x80\x02}q\x00." * 50)
+        if metadata == "torn":
+            meta.write_bytes(meta.read_bytes()[:40])
+            os.utime(meta, (time.time() + 60, time.time() + 60))  # still being written
+    elif metadata in ("old", "new"):
+        meta.write_bytes(b"\x80metadata")
+        if metadata == "old":
+            os.utime(meta, (time.time() - 10, time.time() - 10))
     return path
 
 
@@ -406,8 +418,11 @@ def test_only_completely_saved_full_states_count(tmp_path: Path):
     ckpt = tmp_path / "ckpt"
     assert driver.saved_full_states(ckpt) == []
     _full_state(ckpt, 0)
-    _full_state(ckpt, 1, complete=False)  # accelerate still writing: a restart could not load it
-    assert driver.saved_full_states(ckpt) == [0]
+    _full_state(ckpt, 1, metadata="absent")  # accelerate still writing: a restart could not load it
+    _full_state(ckpt, 2, metadata="torn")  # torch.save half way
+    _full_state(ckpt, 3, metadata="new")  # not a zip, just written: wait for it to settle
+    _full_state(ckpt, 4, metadata="old")
+    assert driver.saved_full_states(ckpt) == [0, 4]
 
 
 def test_checkpoints_are_ordered_by_samples_not_by_name(tmp_path: Path):
