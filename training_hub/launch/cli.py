@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -76,9 +77,9 @@ def canonical_name(name: str) -> str:
 
     (Other names are backend TrainingArgs fields, which are snake_case already.)
     """
-    from training_hub.params import DISTRIBUTED_FIELDS, SFT_FIELDS, _snake
+    from training_hub.params import DISTRIBUTED_FIELDS, SFT_FIELDS
 
-    snake = _snake(name)
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
     return snake if snake in SFT_FIELDS | DISTRIBUTED_FIELDS | {"extra_args"} else name
 
 
@@ -109,10 +110,18 @@ def check_train_kwargs(kwargs: Mapping[str, Any]):
     # A near miss of an SFT parameter is a typo, reported now with its "did you mean" (no TrainingArgs
     # field of instructlab-training 0.16 comes this close to one; a test checks that).
     deferred = {k for k in unknown if not looks_like_typo(k)}
-    request = parse_train_kwargs(params, backend_arg_names=deferred | set(extra))
-    data_path = request.params.data_path
-    if not os.path.exists(data_path):
-        raise ParameterError([f"data_path: no such file or directory: {data_path!r} (a JSONL file or a directory of them)"])
+    data_path = params.get("data_path")
+    missing = (
+        [f"data_path: no such file or directory: {data_path!r} (a JSONL file or a directory of them)"]
+        if isinstance(data_path, str) and data_path and not os.path.exists(data_path)
+        else []
+    )
+    try:
+        request = parse_train_kwargs(params, backend_arg_names=deferred | set(extra))
+    except ParameterError as exc:
+        raise ParameterError(exc.problems + missing) from None
+    if missing:
+        raise ParameterError(missing)
     return request
 
 

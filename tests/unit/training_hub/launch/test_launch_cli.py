@@ -77,6 +77,10 @@ def test_missing_data_path_is_a_config_error(tmp_path):
     params = {**valid_params(tmp_path), "dataPath": str(tmp_path / "nope.jsonl")}
     with pytest.raises(ParameterError, match=r"data_path: no such file or directory: '.*nope.jsonl'"):
         cli.check_train_kwargs(cli.merge_settings(params))
+    # reported together with the other problems, not one round later
+    with pytest.raises(ParameterError) as caught:
+        cli.check_train_kwargs(cli.merge_settings({**params, "numEpochs": 0}))
+    assert [p.split(":")[0] for p in caught.value.problems] == ["num_epochs", "data_path"]
 
 
 @pytest.mark.slow
