@@ -213,6 +213,12 @@ def find_checkpoints(ckpt_output_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=_checkpoint_order)
 
 
+def checkpoint_state(ckpt_output_dir: str | os.PathLike[str]) -> dict[Path, float]:
+    """Each checkpoint with the newest modification time of its files: compared before/after a run."""
+    return {p: max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=0.0)
+            for p in find_checkpoints(ckpt_output_dir)}
+
+
 def latest_full_state_epoch(ckpt_output_dir: str | os.PathLike[str]) -> int | None:
     """The epoch of the newest `<ckpt>/full_state/epoch_N`: a run in this directory resumes after it."""
     root = Path(ckpt_output_dir) / "full_state"
@@ -295,6 +301,8 @@ class _RunLogCapture(logging.Handler):
         self.launch_error: BaseException | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith("instructlab.training"):
+            return
         if record.msg == _EXIT_CODE_MESSAGE and record.args:
             self.exit_status = int(record.args[0])  # type: ignore[index]
         elif record.msg == _LAUNCH_FAILURE_MESSAGE and record.exc_info:
@@ -348,9 +356,12 @@ class InstructLabTrainingSFTBackend(Backend):
         resumed_from_epoch = latest_full_state_epoch(ckpt)
         if resumed_from_epoch is not None:
             log.info("%s holds a full state of epoch %d: training resumes after it", ckpt, resumed_from_epoch)
+        checkpoints_before = checkpoint_state(ckpt)
         started = time.time()
         capture = _RunLogCapture()
-        instructlab_logger = logging.getLogger("instructlab.training")
+        # On the parent: run_training's dictConfig replaces the handlers of "instructlab.training"
+        # (and makes it propagate), so a handler there would be gone before the records it wants.
+        instructlab_logger = logging.getLogger("instructlab")
         instructlab_logger.addHandler(capture)
         try:
             from instructlab.training import run_training
@@ -371,7 +382,7 @@ class InstructLabTrainingSFTBackend(Backend):
             )
         if not log_path.exists() or log_path.stat().st_mtime < started - 1:
             raise RuntimeError(f"torchrun did not run: it wrote no log at {log_path}")
-        return self._result(request, torchrun_args, ckpt, log_path, started, resumed_from_epoch)
+        return self._result(request, torchrun_args, ckpt, log_path, checkpoints_before, resumed_from_epoch)
 
     @staticmethod
     def _failure(exit_status: int | None, log_path: Path, node_rank: int) -> TrainingFailedError:
@@ -395,11 +406,11 @@ class InstructLabTrainingSFTBackend(Backend):
         torchrun_args: "TorchrunArgs",
         ckpt: Path,
         log_path: Path,
-        started: float,
+        checkpoints_before: dict[Path, float],
         resumed_from_epoch: int | None,
     ) -> TrainingResult:
         checkpoints = find_checkpoints(ckpt)
-        saved_now = [p for p in checkpoints if p.stat().st_mtime >= started - 1]
+        saved_now = [p for p, mtime in checkpoint_state(ckpt).items() if checkpoints_before.get(p, -1.0) < mtime]
         already_done = resumed_from_epoch is not None and resumed_from_epoch >= request.params.num_epochs - 1
         # Only global rank 0 (on node rank 0) writes checkpoints; other nodes may not share the volume.
         if torchrun_args.node_rank == 0 and not saved_now and not (already_done and checkpoints):
