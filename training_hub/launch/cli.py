@@ -340,7 +340,7 @@ def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> 
     if rank is not None:
         path = metrics_path(request.params.ckpt_output_dir, rank)
         tailer = MetricsTailer(path, lambda event: console.line(format_progress_line(event))).start()
-    with tempfile.TemporaryDirectory(prefix="training-hub-") as workdir:
+    with _scratch_directory(request.params.ckpt_output_dir) as workdir:
         request_file, result_file = Path(workdir, "request.json"), Path(workdir, "result.json")
         request_file.write_text(json.dumps({"function": trainer, "kwargs": dict(kwargs)}, default=str))
         run.signals.done_marker = str(result_file)
@@ -361,6 +361,16 @@ def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> 
     outcome, code, message = decide_training_outcome(child, report)
     summary = training_summary(outcome, message, report, tailer.last_event if tailer else None)
     return run.finish(outcome, message, code, summary)
+
+
+def _scratch_directory(ckpt_output_dir: str) -> tempfile.TemporaryDirectory:
+    """A private directory for the request/result files: the temp dir, or the checkpoint dir when
+    the container has no writable temp dir (readOnlyRootFilesystem without an emptyDir on /tmp)."""
+    try:
+        return tempfile.TemporaryDirectory(prefix="training-hub-")
+    except OSError:
+        Path(ckpt_output_dir).mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=".training-hub-", dir=ckpt_output_dir)
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:

@@ -151,3 +151,15 @@ def test_preempted_summary_is_written_at_once_so_a_sigkill_after_the_grace_perio
         os.killpg(proc.pid, signal.SIGKILL)  # the kubelet at the end of the grace period
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_without_a_usable_temp_dir_the_checkpoint_dir_holds_the_scratch_files(tmp_path, monkeypatch):
+    import tempfile
+
+    from training_hub.launch.cli import _scratch_directory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # what mkdtemp would use: missing
+    with _scratch_directory(str(tmp_path / "ckpt")) as scratch:
+        assert Path(scratch).parent == tmp_path / "ckpt"
+        assert Path(scratch).name.startswith(".training-hub-")
+    assert list((tmp_path / "ckpt").iterdir()) == []
