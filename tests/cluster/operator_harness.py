@@ -64,11 +64,12 @@ class OperatorProcess:
     """`sftjob-operator run -n <namespace>` with the test kubeconfig; logs go to a file for failure reports."""
 
     def __init__(self, cluster, namespaces: list[str], log_path: Path, env: Mapping[str, str] | None = None,
-                 metrics_port: int = 0) -> None:
+                 metrics_port: int = 0, fast: bool = True) -> None:
         self.cluster = cluster
         self.namespaces = namespaces
         self.log_path = log_path
-        self.env = {**os.environ, **FAST_ENV, **(env or {}), "KUBECONFIG": cluster.kubeconfig}
+        timings = FAST_ENV if fast else {"SFTJOB_OPERATOR_TRAINER_IMAGE": FAST_ENV["SFTJOB_OPERATOR_TRAINER_IMAGE"]}
+        self.env = {**os.environ, **timings, **(env or {}), "KUBECONFIG": cluster.kubeconfig}
         self.metrics_port = metrics_port
         self.process: subprocess.Popen | None = None
         self.starts = 0

@@ -1,0 +1,81 @@
+"""Operator memory with many SFTJobs present: RSS of `sftjob-operator run` with 0 and with N (default 1,000) SFTJobs.
+
+    .venv/bin/python bench/operator_memory.py [--jobs 1000] [--running 0]
+
+The jobs are created suspended (no pods: 1,000 gangs would be 4,000 pods), so the figure is the operator's own
+per-job cost: kopf's watch and per-object state, the reconciler's cached body, its timers. `--running K` also lets
+K of them run 2-node gangs (their pods are watched too). Every job is reconciled (status.phase set) before RSS
+is read. Also prints how long the operator took to give all N jobs a status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from operator_common import bench_cluster, new_namespace, rss_mib, running_operator  # noqa: E402
+
+from tests.cluster.operator_harness import apply, sftjob  # noqa: E402
+
+
+def _phases(cluster, namespace: str) -> list[str]:
+    items = cluster.kubectl_json("get", "sftjobs", "-n", namespace)["items"]
+    return [(item.get("status") or {}).get("phase") or "" for item in items]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--running", type=int, default=0, help="how many of the jobs run (2-node gangs)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    log_dir = Path(tempfile.mkdtemp(prefix="operator-bench-"))
+    figures: dict = {"jobs": args.jobs, "running": args.running}
+
+    with bench_cluster(pool_nodes=8, gpus_per_node=128) as cluster:
+        namespace = new_namespace(cluster, "bench-memory")
+        with running_operator(cluster, namespace, log_dir) as operator:
+            time.sleep(3)
+            figures["rss_idle_mib"], _ = rss_mib(operator.pid)
+            started = time.monotonic()
+            batch = 200
+            for first in range(0, args.jobs, batch):
+                jobs = [
+                    sftjob(f"mem-{i}", namespace, nnodes=2, nproc_per_node=1, suspend=i >= args.running)
+                    for i in range(first, min(args.jobs, first + batch))
+                ]
+                apply(cluster, *jobs)
+            figures["apply_s"] = time.monotonic() - started
+            deadline = time.monotonic() + 900
+            while True:
+                phases = _phases(cluster, namespace)
+                done = sum(1 for p in phases if p in ("Suspended", "Running"))
+                if len(phases) == args.jobs and done == args.jobs:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {done}/{args.jobs} jobs reconciled after 900s")
+                time.sleep(1)
+            figures["all_reconciled_s"] = time.monotonic() - started
+            time.sleep(5)  # let the last status patches' watch echoes arrive
+            figures["rss_with_jobs_mib"], figures["rss_peak_mib"] = rss_mib(operator.pid)
+            figures["per_job_kib"] = (figures["rss_with_jobs_mib"] - figures["rss_idle_mib"]) * 1024 / args.jobs
+            cluster.kubectl("delete", "sftjobs", "--all", "-n", namespace, "--wait=false")
+
+    print(f"operator RSS idle (0 SFTJobs): {figures['rss_idle_mib']:.1f} MiB")
+    print(f"operator RSS with {args.jobs} SFTJobs ({args.running} running): {figures['rss_with_jobs_mib']:.1f} MiB "
+          f"(peak {figures['rss_peak_mib']:.1f} MiB), {figures['per_job_kib']:.1f} KiB per job")
+    print(f"{args.jobs} SFTJobs applied in {figures['apply_s']:.1f}s; all had a status after {figures['all_reconciled_s']:.1f}s")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    print(f"operator logs: {log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
