@@ -715,6 +715,23 @@ def build_report(results: Mapping[str, Mapping[str, Any]], *, total_s: float,
     }
 
 
+BULKY_FIELDS = ("output_tail", "traceback")
+
+
+def compact_report(report: Mapping[str, Any], max_error_chars: int = 400) -> dict[str, Any]:
+    """The report without output tails and tracebacks, errors shortened: what is printed last, so that
+    it survives a tool that keeps only the end of the output. The full report goes to --report."""
+    steps = {}
+    for name, record in report.get("steps", {}).items():
+        slim = {k: v for k, v in record.items() if k not in BULKY_FIELDS}
+        if isinstance(slim.get("error"), str) and len(slim["error"]) > max_error_chars:
+            slim["error"] = slim["error"][:max_error_chars] + " [...]"
+        if isinstance(slim.get("summary"), dict) and isinstance(slim["summary"].get("message"), str):
+            slim["summary"] = {**slim["summary"], "message": slim["summary"]["message"][:max_error_chars]}
+        steps[name] = slim
+    return {**report, "steps": steps}
+
+
 def format_step_line(step: str, record: Mapping[str, Any]) -> str:
     text = f"[gpu-proof] {step:<11} {record.get('status', '?'):<8} {record.get('seconds', 0):>6.1f}s"
     if record.get("error"):
@@ -1129,7 +1146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(layout.root, ignore_errors=True)
     _put_interpreter_bin_on_path()
     report = run_all(layout, ProofSettings(), steps=steps, total_budget_s=args.budget)
-    text = json.dumps(report, default=str)
+    text = json.dumps(compact_report(report), default=str)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
     print(text, flush=True)

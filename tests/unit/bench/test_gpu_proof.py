@@ -152,7 +152,7 @@ def test_run_on_cpu_reports_each_step_and_skips_gpu_steps(tmp_path: Path):
     )
     assert completed.returncode == 1, completed.stderr[-2000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert report == json.loads(report_file.read_text())
+    assert report == driver.compact_report(json.loads(report_file.read_text()))
     assert report["ok"] is False
     assert report["statuses"] == {"environment": "failed", "build": "passed", "sft": "skipped", "preflight": "skipped"}
     assert report["steps"]["environment"]["error"] == "torch sees no CUDA device"
@@ -497,6 +497,22 @@ def test_report_collects_statuses_and_the_figures_to_quote():
     assert driver.build_report(results, total_s=1.0)["ok"] is True
     assert driver.build_report({}, total_s=0.0)["statuses"]["sft"] == "not run"
     json.dumps(report)
+
+
+def test_printed_report_drops_tails_and_shortens_errors_but_keeps_figures():
+    failed = driver.step_record("failed", 5.0, 150, {
+        "error": "x" * 5000, "output_tail": "y" * 3000, "traceback": "z" * 4000,
+        "summary": {"outcome": "failed", "message": "m" * 4000}, "exit_code": 1})
+    report = driver.build_report({"entrypoint": failed, "build": driver.step_record("passed", 1.0, 120, {"num_parameters": 5})},
+                                 total_s=6.0)
+    compact = driver.compact_report(report)
+    entry = compact["steps"]["entrypoint"]
+    assert "output_tail" not in entry and "traceback" not in entry
+    assert entry["error"] == "x" * 400 + " [...]" and len(entry["summary"]["message"]) == 400
+    assert entry["exit_code"] == 1 and entry["status"] == "failed"
+    assert compact["figures"] == report["figures"] and compact["statuses"] == report["statuses"]
+    assert report["steps"]["entrypoint"]["output_tail"] == "y" * 3000  # the full report is untouched
+    assert len(json.dumps(compact)) < 4000
 
 
 def test_step_record_keeps_status_fields_over_details():
