@@ -64,20 +64,21 @@ class OperatorProcess:
     """`sftjob-operator run -n <namespace>` with the test kubeconfig; logs go to a file for failure reports."""
 
     def __init__(self, cluster, namespaces: list[str], log_path: Path, env: Mapping[str, str] | None = None,
-                 metrics_port: int = 0, fast: bool = True) -> None:
+                 metrics_port: int = 0, fast: bool = True, health_port: int = 0) -> None:
         self.cluster = cluster
         self.namespaces = namespaces
         self.log_path = log_path
         timings = FAST_ENV if fast else {"SFTJOB_OPERATOR_TRAINER_IMAGE": FAST_ENV["SFTJOB_OPERATOR_TRAINER_IMAGE"]}
         self.env = {**os.environ, **timings, **(env or {}), "KUBECONFIG": cluster.kubeconfig}
         self.metrics_port = metrics_port
+        self.health_port = health_port
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self) -> "OperatorProcess":
         self.starts += 1
         command = [sys.executable, "-m", "sftjob_operator.cli", "run", "--kubeconfig", self.cluster.kubeconfig,
-                   "--metrics-port", str(self.metrics_port), "--health-port", "0"]
+                   "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         for namespace in self.namespaces:
             command += ["-n", namespace]
         log = open(self.log_path, "a")
@@ -112,6 +113,14 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def sftjob(name: str, namespace: str, *, nnodes: int = 4, nproc_per_node: int = 2, **spec: Any) -> dict[str, Any]:
