@@ -438,8 +438,13 @@ def run_operator(
         metrics.serve(metrics_port)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
+    operator_settings = kopf.OperatorSettings()
+    # Namespaced: no cluster-wide scans of CRDs and namespaces (the chart's namespaced RBAC grants none;
+    # kopf would retry each 403 for a minute before falling back to the given namespaces).
+    operator_settings.scanning.disabled = bool(namespaces)
     kopf.run(
         registry=registry,
+        settings=operator_settings,
         namespaces=namespaces,
         clusterwide=not namespaces,
         standalone=peering is None,
