@@ -304,6 +304,28 @@ def test_delete_pod_node_removes_the_node(cluster: KwokCluster, namespace: str):
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_helm_of_the_pinned_version_installs_a_chart(cluster: KwokCluster, namespace: str, tmp_path: Path):
+    helm = str(cluster.bin_dir / "helm")
+    version = subprocess.run([helm, "version", "--short"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith(_pinned_versions()["helm"])
+    chart = tmp_path / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting }}\n"
+    )
+
+    subprocess.run(
+        [helm, "install", "demo", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait", "--timeout", "60s"],
+        capture_output=True, text=True, check=True, env=cluster.env, timeout=120,
+    )
+
+    assert cluster.kubectl("get", "configmap", "demo-cm", "-n", namespace, "-o", "jsonpath={.data.greeting}").stdout == "hi"
+
+
+@pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_down_leaves_no_process_behind(k8s_bin_dir: Path):
     name = f"th-down-{os.getpid()}"
@@ -348,7 +370,7 @@ def test_failed_start_raises_and_leaves_no_process_behind(k8s_bin_dir: Path, tmp
     name = f"th-broken-{os.getpid()}"
 
     with pytest.raises(kwok_cluster.ControlPlaneUnavailable, match=f"kwokctl create cluster {name} failed"):
-        kwok_cluster.start_cluster(name, broken, nodes=0, timeout=20)
+        kwok_cluster.start_cluster(name, broken, nodes=0, timeout=10)
 
     assert not kwok_cluster._pids_mentioning(kwok_cluster.cluster_dir(name))
     assert not kwok_cluster.cluster_dir(name).exists()
