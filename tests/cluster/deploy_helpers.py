@@ -207,3 +207,24 @@ def rules_granted(cluster, kubeconfig: Path, namespace: str) -> set[tuple[str, s
                 for verb in rule["verbs"]:
                     granted.add((group, resource, verb))
     return granted
+
+
+ARGOCD_HEALTH_LUA = REPO / "deploy" / "argocd" / "training-hub.io" / "SFTJob" / "health.lua"
+
+
+def argocd_health(obj: dict[str, Any]) -> dict[str, str]:
+    """Argo CD's verdict on an object, by the shipped Lua check run in Lua 5.1 (as gopher-lua)."""
+    import lupa.lua51
+
+    lua = lupa.lua51.LuaRuntime(unpack_returned_tuples=True)
+
+    def to_lua(value: Any) -> Any:
+        if isinstance(value, dict):
+            return lua.table_from({k: to_lua(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return lua.table_from([to_lua(v) for v in value])
+        return value
+
+    lua.globals().obj = to_lua(obj)
+    result = lua.execute(ARGOCD_HEALTH_LUA.read_text())
+    return {"status": result["status"], "message": result["message"]}
