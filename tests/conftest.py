@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -69,26 +71,74 @@ def k8s_bin_dir() -> Path:
     return bin_dir
 
 
-@pytest.fixture(scope="session")
-def cluster(k8s_bin_dir: Path):
-    external = os.environ.get("TRAINING_HUB_KUBECONFIG")
-    if external:
+SESSION_CLUSTER_PREFIX = "th-test-"
+# Clusters named <prefix><pid> by test sessions and tests; those of dead processes are removed.
+LEFTOVER_CLUSTER_PREFIXES = (SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-")
+
+
+def _stop_on_sigterm() -> None:
+    # `timeout` and CI stop runs with SIGTERM, which would skip pytest's teardown and leave the
+    # cluster running; as KeyboardInterrupt, pytest still runs pytest_sessionfinish.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+class _SessionCluster:
+    """Started before the first test runs (so no test's timeout pays for it), stopped at session end."""
+
+    cluster: kwok_cluster.KwokCluster | None = None
+    error: str | None = None
+    owned_name: str | None = None
+
+    @classmethod
+    def start(cls) -> None:
+        if cls.cluster is not None or cls.error is not None:
+            return
+        bin_dir, reason = _lookup_bin_dir()
+        if bin_dir is None:
+            cls.error = reason
+            return
+        external = os.environ.get("TRAINING_HUB_KUBECONFIG")
         try:
-            attached = kwok_cluster.attach_cluster(external, k8s_bin_dir)
-            attached.create_gpu_nodes()
-        except kwok_cluster.ControlPlaneUnavailable as error:
-            _unavailable(str(error))
-        yield attached
+            if external:
+                cls.cluster = kwok_cluster.attach_cluster(external, bin_dir)
+                cls.cluster.create_gpu_nodes()
+            else:
+                for prefix in LEFTOVER_CLUSTER_PREFIXES:
+                    kwok_cluster.stop_clusters_of_dead_processes(prefix)
+                cls.owned_name = f"{SESSION_CLUSTER_PREFIX}{os.getpid()}"
+                _stop_on_sigterm()
+                cls.cluster = kwok_cluster.start_cluster(cls.owned_name, bin_dir)
+        except (kwok_cluster.ControlPlaneUnavailable, OSError, subprocess.SubprocessError) as error:
+            cls.cluster, cls.error = None, f"the test cluster did not start: {error}"
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.owned_name is not None:
+            kwok_cluster.stop_cluster(cls.owned_name, _lookup_bin_dir()[0])
+            cls.owned_name = cls.cluster = None
+
+
+def pytest_runtestloop(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
         return
-    name = f"th-test-{os.getpid()}"
-    try:
-        started = kwok_cluster.start_cluster(name, k8s_bin_dir)
-    except kwok_cluster.ControlPlaneUnavailable as error:
-        _unavailable(f"the test cluster did not start: {error}")
-    try:
-        yield started
-    finally:
-        kwok_cluster.stop_cluster(name, k8s_bin_dir)
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        _SessionCluster.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _SessionCluster.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(k8s_bin_dir: Path) -> kwok_cluster.KwokCluster:
+    _SessionCluster.start()  # normally done already, before the first test
+    if _SessionCluster.cluster is None:
+        _unavailable(_SessionCluster.error or "the test cluster did not start")
+    return _SessionCluster.cluster
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -374,6 +376,41 @@ def test_failed_start_raises_and_leaves_no_process_behind(k8s_bin_dir: Path, tmp
 
     assert not kwok_cluster._pids_mentioning(kwok_cluster.cluster_dir(name))
     assert not kwok_cluster.cluster_dir(name).exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_sigterm_to_a_test_session_still_deletes_its_cluster(k8s_bin_dir: Path, tmp_path: Path):
+    (tmp_path / "test_sleepy.py").write_text(
+        "import time\n\ndef test_sleepy(cluster):\n    print('READY', cluster.name, flush=True)\n    time.sleep(600)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRAINING_HUB_KUBECONFIG", "PYTEST_ADDOPTS")}
+    env["TRAINING_HUB_K8S_BIN"] = str(k8s_bin_dir)
+    session = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-s", "-q",
+         str(tmp_path / "test_sleepy.py")],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = []
+        for line in session.stdout:
+            lines.append(line)
+            if line.startswith("READY"):
+                break
+        assert lines and lines[-1].startswith("READY"), "".join(lines)
+        name = lines[-1].split()[1]
+        workdir = kwok_cluster.cluster_dir(name)
+        pids = kwok_cluster._pids_mentioning(workdir)
+        assert len(pids) >= 5, pids
+
+        session.send_signal(signal.SIGTERM)
+        session.wait(timeout=120)
+    finally:
+        if session.poll() is None:
+            session.kill()
+
+    assert not [pid for pid in pids if kwok_cluster._alive(pid)]
+    assert not workdir.exists()
 
 
 def test_cri_log_lines_keep_text_and_drop_only_the_final_newline():

@@ -525,8 +525,14 @@ def start_cluster(
         raise ControlPlaneUnavailable(
             f"kwokctl create cluster {name} failed (exit {result.returncode}); component logs kept in {kept_logs}:\n{output}"
         )
-    cluster.wait_for_controllers()
-    cluster.create_gpu_nodes(nodes, gpus_per_node)
+    try:
+        cluster.wait_for_controllers()
+        cluster.create_gpu_nodes(nodes, gpus_per_node)
+    except BaseException as error:
+        stop_cluster(name, bin_dir)
+        if isinstance(error, (subprocess.SubprocessError, TimeoutError)):
+            raise ControlPlaneUnavailable(f"cluster {name} started but did not become usable: {error}") from error
+        raise
     return cluster
 
 
@@ -556,6 +562,18 @@ def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, 
             break
     shutil.rmtree(workdir, ignore_errors=True)
     (kwok_workdir() / "configs" / f"{name}.yaml").unlink(missing_ok=True)
+
+
+def stop_clusters_of_dead_processes(prefix: str) -> list[str]:
+    """Stops clusters named `<prefix><pid>` whose process is gone (a test session that was killed)."""
+    clusters = kwok_workdir() / "clusters"
+    stopped = []
+    for path in sorted(clusters.glob(f"{prefix}*")) if clusters.is_dir() else []:
+        owner = path.name[len(prefix):]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            stop_cluster(path.name)
+            stopped.append(path.name)
+    return stopped
 
 
 def attach_cluster(kubeconfig: str, bin_dir: Path) -> KwokCluster:
