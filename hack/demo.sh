@@ -138,10 +138,10 @@ The SFTJob '$JOB' runs as a gang of pods, one per GPU node. (kwok simulates the 
 report Running but no container runs; a real cluster with the trainer image trains for real.)
 
   export KUBECONFIG=$KUBECONFIG
-  kubectl get sftjobs -w                          # phase, nodes ready, GPUs/node, restarts, progress
-  kubectl describe sftjob $JOB                    # conditions and events
-  kubectl get sftjob $JOB -o yaml                 # full status
-  tail -f $OPERATOR_LOG   # the operator
+  kubectl get sftjobs -w               # phase, nodes ready, GPUs/node, restarts, progress
+  kubectl describe sftjob $JOB         # conditions and events
+  kubectl get sftjob $JOB -o yaml      # the full status
+  tail -f $OPERATOR_LOG
 
 Tear it all down:  bash hack/demo.sh down
 EOF
