@@ -10,6 +10,7 @@
 #   hack/control-plane.sh down [NAME]  deletes it and every process it started
 #   hack/control-plane.sh nodes [NAME] [COUNT] [GPUS]   adds fake GPU nodes
 #   hack/control-plane.sh kubeconfig [NAME]             prints the cluster's kubeconfig path
+#   hack/control-plane.sh status [NAME] | versions | bin-dir (prints the bin dir if complete; never builds)
 #
 # Env: TRAINING_HUB_K8S_BIN   a directory that already holds all the binaries (skips the build)
 #      TRAINING_HUB_CACHE     cache root (default ${XDG_CACHE_HOME:-~/.cache}/training-hub)
