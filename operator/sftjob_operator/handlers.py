@@ -113,6 +113,7 @@ class _JobState:
     handle: asyncio.TimerHandle | None = None
     running: bool = False
     again: bool = False  # a trigger arrived while running
+    quiet: bool = False  # finished/suspended with nothing left to do: only events wake it (not the resync)
 
 
 @dataclass
@@ -149,6 +150,7 @@ class JobReconciler:
                 yield (state.body.get("status") or {}).get("phase") or st.PENDING
 
     def job_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """An SFTJob was listed, added, modified (spec, status, metadata) or deleted."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
@@ -163,17 +165,23 @@ class JobReconciler:
         state.body = dict(body)
         if version and version == state.written_resource_version:
             return
+        state.quiet = False
         self.trigger(key)
 
     def pod_event(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         job_name = (meta.get("labels") or {}).get(labels.JOB_NAME)
         if job_name:
-            self.trigger((meta["namespace"], job_name), delay=self.settings.debounce_seconds)
+            key = (meta["namespace"], job_name)
+            if key in self.jobs:
+                self.jobs[key].quiet = False
+            self.trigger(key, delay=self.settings.debounce_seconds)
 
     def resync_all(self) -> None:
-        for key in list(self.jobs):
-            self.trigger(key, delay=0)
+        # Spread over a second so a resync of thousands of jobs is not one burst of LISTs.
+        keys = [key for key, state in self.jobs.items() if not state.quiet]
+        for index, key in enumerate(keys):
+            self.trigger(key, delay=index / max(1, len(keys)))
 
     def trigger(self, key: JobKey, delay: float = 0.0) -> None:
         if self.closing:
@@ -289,7 +297,12 @@ class JobReconciler:
         for action in result.actions:
             if isinstance(action, rc.DeleteJob):
                 return None
-        return result.requeue_after if result.requeue_after is not None else None
+        state.quiet = (
+            not result.actions
+            and result.requeue_after is None
+            and result.status.get("phase") in (*st.FINISHED_PHASES, st.SUSPENDED)
+        )
+        return result.requeue_after
 
     def _apply(self, job: Mapping[str, Any], actions: list[rc.Action]) -> tuple[rc.Action, Exception] | None:
         namespace = job["metadata"]["namespace"]
@@ -350,6 +363,25 @@ class JobReconciler:
 # kopf registration
 
 
+def _no_diffbase_storage():
+    """kopf computes every object's "essence" (a deep copy) on every event to detect changes for on.create/update
+    handlers. This operator has none (level-based: it reads the whole state each time), so the essence is never
+    used; skipping it halves kopf's CPU per event (measured: 2.1 of 4.2 s for 761 events of a 50-gang start)."""
+    import kopf
+
+    class NoDiffBaseStorage(kopf.DiffBaseStorage):
+        def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+            return {}
+
+        def fetch(self, *, body: Any) -> Any:
+            return None
+
+        def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+            return None
+
+    return NoDiffBaseStorage()
+
+
 def register(registry, reconciler: JobReconciler) -> None:
     """Register the handlers on a kopf registry (kept out of module import so tests can build their own)."""
     import kopf
@@ -358,7 +390,7 @@ def register(registry, reconciler: JobReconciler) -> None:
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # kopf keeps no per-object state for on.event handlers; make sure it writes nothing else either.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
+        settings.persistence.diffbase_storage = _no_diffbase_storage()
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         reconciler._loop = asyncio.get_running_loop()

@@ -643,11 +643,25 @@ class _Reconciler:
 
 
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A JSON merge patch turning `old` status into `new` (None when equal). Removed keys become null."""
-    old = old or {}
-    if json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str):
-        return None
-    patch: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
+    """A JSON merge patch (RFC 7386) turning `old` status into `new`, or None when they are equal.
+
+    Nested objects are patched key by key, with removed keys set to null (a merge patch would otherwise keep them:
+    e.g. an old lastFailure.exitCode under a new failure that has none). Lists are replaced whole.
+    """
+    patch = _merge_patch(old or {}, new)
+    return patch or None
+
+
+def _merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, Mapping) and isinstance(previous, Mapping):
+            nested = _merge_patch(previous, value)
+            if nested:
+                patch[key] = nested
+        elif previous != value or key not in old:
+            patch[key] = value
     for key in old:
         if key not in new:
             patch[key] = None

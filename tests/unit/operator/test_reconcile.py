@@ -613,6 +613,34 @@ def test_configmap_follows_the_spec_between_gangs():
 def test_status_patch_sets_removed_keys_to_null():
     assert rc.status_patch({"a": 1, "b": 2}, {"a": 1, "b": 2}) is None
     assert rc.status_patch({"a": 1, "b": 2}, {"a": 3}) == {"a": 3, "b": None}
+    old = {"lastFailure": {"rank": 1, "exitCode": 1, "reason": "TrainingFailed"}, "conditions": [{"type": "A"}]}
+    new = {"lastFailure": {"rank": 2, "reason": "PodDeleted"}, "conditions": [{"type": "A"}, {"type": "B"}]}
+    assert rc.status_patch(old, new) == {
+        "lastFailure": {"rank": 2, "exitCode": None, "reason": "PodDeleted"},
+        "conditions": [{"type": "A"}, {"type": "B"}],
+    }
+
+
+def test_status_patch_applied_as_a_merge_patch_gives_the_new_status():
+    def apply_merge_patch(target, patch):
+        result = dict(target)
+        for key, value in patch.items():
+            if value is None:
+                result.pop(key, None)
+            elif isinstance(value, dict) and isinstance(result.get(key), dict):
+                result[key] = apply_merge_patch(result[key], value)
+            else:
+                result[key] = value
+        return result
+
+    job = running_job(backoffLimit=3)
+    pods = gang()
+    pods[2] = make_pod(2, phase="Failed", exit_code=1, message="x")
+    restarted = run(job, pods)
+    assert apply_merge_patch(job["status"], rc.status_patch(job["status"], restarted.status)) == restarted.status
+    missing = run(applied(job, restarted), [], now=NOW + timedelta(seconds=30))
+    job2 = applied(job, restarted)
+    assert apply_merge_patch(job2["status"], rc.status_patch(job2["status"], missing.status)) == missing.status
 
 
 def test_set_condition_moves_transition_time_only_on_status_change():
