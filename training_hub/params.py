@@ -377,7 +377,10 @@ def parse_train_kwargs(
                 + " (neither an SFT parameter nor a field of the backend's TrainingArgs)"
             )
     for name in raw_extra:
-        if name in RESERVED_BACKEND_ARGS:
+        if name in known or _snake(name) in known:
+            problems.append(f"extra_args.{name}: is a parameter of its own; set {_snake(name)} directly")
+            extra.pop(name, None)
+        elif name in RESERVED_BACKEND_ARGS:
             problems.append(f"extra_args.{name}: set through {RESERVED_BACKEND_ARGS[name]}, not directly")
         elif backend_names_now() and name not in backend_names_now():  # unchecked when no backend names are known
             hint = difflib.get_close_matches(name, sorted(backend_names_now()), n=1, cutoff=0.6)

@@ -299,3 +299,12 @@ def test_training_args_reachable_by_name():
             {"model_path": "m", "data_path": "d", "ckpt_output_dir": "c", "num_epochs": 1, "effective_batch_size": 1,
              "learning_rate": 1.0, "max_seq_len": 8, name: None}, names
         ).params.extra_args == {name: None}
+
+
+def test_extra_args_cannot_override_sft_parameters(valid):
+    assert only_problem(**{**valid, "extra_args": {"num_epochs": 5}}) == (
+        "extra_args.num_epochs: is a parameter of its own; set num_epochs directly"
+    )
+    assert only_problem(**{**valid, "extraArgs": {"nodeRank": 1}}) == (
+        "extra_args.nodeRank: is a parameter of its own; set node_rank directly"
+    )
