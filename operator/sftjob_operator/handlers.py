@@ -60,7 +60,8 @@ class RuntimeSettings:
                 try:
                     values[attribute] = kind(raw)
                 except ValueError:
-                    raise ValueError(f"{name}: must be a {kind.__name__} (got {raw!r})") from None
+                    what = "a whole number" if kind is int else "a number of seconds"
+                    raise ValueError(f"{name}: must be {what} (got {raw!r})") from None
         return cls(**values)
 
 
