@@ -126,6 +126,9 @@ def test_deployment_is_hardened_and_probed(helm_binary):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SFTJOB_OPERATOR_TRAINER_IMAGE"] == "training-hub-trainer:0.1.0"
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    # kopf's identity for peering: the pod's name, so replicas differ and no passwd lookup is needed.
+    pod_id = next(e for e in container["env"] if e["name"] == "POD_ID")
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 @pytest.mark.timeout(60)

@@ -49,6 +49,8 @@ def test_final_stage_runs_as_a_numeric_non_root_user(name):
     uid = users[-1].split(":")[0]
     # runAsNonRoot can only verify a numeric uid without reading /etc/passwd
     assert uid.isdigit() and int(uid) != 0, f"{name}: USER {users[-1]} must be a numeric non-zero uid"
+    # ... and the uid has a passwd entry: Python's getpass.getuser() (kopf's identity) fails without one.
+    assert re.search(rf"useradd [^&]*--uid {uid}\b", final_stage(DOCKERFILES[name].read_text())), name
 
 
 def test_operator_image_installs_only_the_operator_extra():
