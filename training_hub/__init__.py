@@ -13,11 +13,12 @@ Public API (the names of the reference, https://github.com/Red-Hat-AI-Innovation
   `training_hub.params.SFTParams` (what to train) and `DistributedParams` (where this process sits
   in the gang); other keyword arguments go to instructlab's `TrainingArgs` by name.
 - Bad parameters raise `ParameterError` (a `ValueError`) listing every problem; a failed run raises
-  `RuntimeError` (`TrainingFailedError` with `.exit_status` and `.log_path` when torchrun failed).
+  `RuntimeError` (`TrainingFailedError` with `.exit_status` and `.log_path` when torchrun failed,
+  `TrainingInterruptedError` when it stopped after an on-demand checkpoint and can resume).
 - `create_algorithm("sft", "instructlab-training")`, `AlgorithmRegistry.list_algorithms()`,
   `AlgorithmRegistry.list_backends("sft")`.
-- Also exported: `TrainingResult`, `TrainingFailedError`, `ParameterError`, `SFTParams`,
-  `DistributedParams`.
+- Also exported: `TrainingResult`, `TrainingFailedError`, `TrainingInterruptedError`,
+  `ParameterError`, `SFTParams`, `DistributedParams`.
 
 Importing this package is cheap: every name loads on first use (PEP 562), and torch, transformers
 and instructlab load only when training starts. Where this API differs from the reference page, see
@@ -41,6 +42,7 @@ _EXPORTS = {
     "InstructLabTrainingSFTBackend": "training_hub.backends.instructlab",
     "TrainingResult": "training_hub.backends.instructlab",
     "TrainingFailedError": "training_hub.backends.instructlab",
+    "TrainingInterruptedError": "training_hub.backends.instructlab",
     "ParameterError": "training_hub.params",
     "SFTParams": "training_hub.params",
     "DistributedParams": "training_hub.params",
@@ -52,7 +54,12 @@ if TYPE_CHECKING:
     from training_hub.algorithms.base import Algorithm, Backend
     from training_hub.algorithms.registry import AlgorithmRegistry, create_algorithm
     from training_hub.algorithms.sft import SFTAlgorithm, sft
-    from training_hub.backends.instructlab import InstructLabTrainingSFTBackend, TrainingFailedError, TrainingResult
+    from training_hub.backends.instructlab import (
+        InstructLabTrainingSFTBackend,
+        TrainingFailedError,
+        TrainingInterruptedError,
+        TrainingResult,
+    )
     from training_hub.params import DistributedParams, ParameterError, SFTParams
 
 

@@ -220,10 +220,39 @@ def checkpoint_state(ckpt_output_dir: str | os.PathLike[str]) -> dict[Path, floa
 
 
 def latest_full_state_epoch(ckpt_output_dir: str | os.PathLike[str]) -> int | None:
-    """The epoch of the newest `<ckpt>/full_state/epoch_N`: a run in this directory resumes after it."""
+    """The epoch of the newest `<ckpt>/full_state/epoch_N`: a run in this directory resumes from it."""
     root = Path(ckpt_output_dir) / "full_state"
     epochs = [int(m[1]) for p in (root.iterdir() if root.is_dir() else ()) if (m := re.fullmatch(r"epoch_(\d+)", p.name))]
     return max(epochs) if epochs else None
+
+
+@dataclass(frozen=True)
+class FullState:
+    """The newest resumable state in a checkpoint directory."""
+
+    epoch: int
+    global_step: int | None  # set for an on-demand (mid-epoch) save; None at the end of an epoch
+    saved_at: float  # mtime of its metadata, 0 when the metadata is missing/unreadable
+    readable: bool
+
+    @property
+    def epoch_complete(self) -> bool:
+        return self.readable and self.global_step is None
+
+
+def read_full_state(ckpt_output_dir: str | os.PathLike[str]) -> FullState | None:
+    """What `<ckpt>/full_state/epoch_N/training_metadata.json` (a torch pickle, despite its name) says."""
+    epoch = latest_full_state_epoch(ckpt_output_dir)
+    if epoch is None:
+        return None
+    metadata_path = Path(ckpt_output_dir) / "full_state" / f"epoch_{epoch}" / "training_metadata.json"
+    try:
+        import torch
+
+        metadata = torch.load(metadata_path, weights_only=True)
+        return FullState(epoch, metadata.get("global_step"), metadata_path.stat().st_mtime, True)
+    except Exception:  # missing or half-written: treat as not resumable from an epoch end
+        return FullState(epoch, None, 0.0, False)
 
 
 def log_path_for(ckpt_output_dir: str | os.PathLike[str], node_rank: int) -> Path:
@@ -278,6 +307,10 @@ class TrainingFailedError(RuntimeError):
         self.exit_status = exit_status
         self.log_path = log_path
         self.node_rank = node_rank
+
+
+class TrainingInterruptedError(RuntimeError):
+    """Training saved an on-demand (mid-epoch) state and stopped, e.g. on SIGTERM: resumable."""
 
 
 def locate_torchrun(path_env: str | None = None, python_executable: str | None = None) -> Path | None:
@@ -353,9 +386,9 @@ class InstructLabTrainingSFTBackend(Backend):
                 f"torchrun not found on PATH nor next to {sys.executable}; install torch in this environment "
                 "(it provides torchrun) or put its bin directory on PATH"
             )
-        resumed_from_epoch = latest_full_state_epoch(ckpt)
-        if resumed_from_epoch is not None:
-            log.info("%s holds a full state of epoch %d: training resumes after it", ckpt, resumed_from_epoch)
+        state_before = read_full_state(ckpt)
+        if state_before is not None:
+            log.info("%s holds a full state of epoch %d: training resumes from it", ckpt, state_before.epoch)
         checkpoints_before = checkpoint_state(ckpt)
         started = time.time()
         capture = _RunLogCapture()
@@ -382,7 +415,7 @@ class InstructLabTrainingSFTBackend(Backend):
             )
         if not log_path.exists() or log_path.stat().st_mtime < started - 1:
             raise RuntimeError(f"torchrun did not run: it wrote no log at {log_path}")
-        return self._result(request, torchrun_args, ckpt, log_path, checkpoints_before, resumed_from_epoch)
+        return self._result(request, torchrun_args, ckpt, log_path, checkpoints_before, state_before)
 
     @staticmethod
     def _failure(exit_status: int | None, log_path: Path, node_rank: int) -> TrainingFailedError:
@@ -407,17 +440,28 @@ class InstructLabTrainingSFTBackend(Backend):
         ckpt: Path,
         log_path: Path,
         checkpoints_before: dict[Path, float],
-        resumed_from_epoch: int | None,
+        state_before: FullState | None,
     ) -> TrainingResult:
         checkpoints = find_checkpoints(ckpt)
         saved_now = [p for p, mtime in checkpoint_state(ckpt).items() if checkpoints_before.get(p, -1.0) < mtime]
-        already_done = resumed_from_epoch is not None and resumed_from_epoch >= request.params.num_epochs - 1
+        already_done = (
+            state_before is not None and state_before.epoch_complete
+            and state_before.epoch >= request.params.num_epochs - 1
+        )
         # Only global rank 0 (on node rank 0) writes checkpoints; other nodes may not share the volume.
         if torchrun_args.node_rank == 0 and not saved_now and not (already_done and checkpoints):
+            state_after = read_full_state(ckpt)
+            saved_state_now = state_after is not None and state_after != state_before and state_after.readable
+            if saved_state_now and state_after.global_step is not None:
+                raise TrainingInterruptedError(
+                    f"training stopped in epoch {state_after.epoch} at step {state_after.global_step} after an "
+                    f"on-demand checkpoint (saved under {ckpt / 'full_state'}); run again with the same "
+                    "ckpt_output_dir to resume from it"
+                )
+            tail = _tail(log_path)
             raise RuntimeError(
-                f"training ended without saving a checkpoint under {ckpt / 'hf_format'}; "
-                f"see the log {log_path}"
-                + (f"\nLast log lines:\n{_tail(log_path)}" if _tail(log_path) else " (empty)")
+                f"training ended without saving a checkpoint under {ckpt / 'hf_format'}; see the log {log_path}"
+                + (f"\nLast log lines:\n{tail}" if tail else " (empty)")
             )
         nproc = int(torchrun_args.nproc_per_node) if str(torchrun_args.nproc_per_node).isdigit() else 0
         candidates = [metrics_path(ckpt, torchrun_args.node_rank * nproc), metrics_path(ckpt, 0)]
@@ -430,6 +474,6 @@ class InstructLabTrainingSFTBackend(Backend):
             metrics_path=metrics_file,
             log_path=log_path,
             node_rank=torchrun_args.node_rank,
-            resumed_from_epoch=resumed_from_epoch,
+            resumed_from_epoch=state_before.epoch if state_before is not None else None,
             torchrun_args=torchrun_args.model_dump(),
         )

@@ -202,6 +202,15 @@ def test_finished_run_returns_checkpoints_metrics_and_resume_point(tiny_model, c
     assert AutoModelForCausalLM.from_pretrained(result.final_checkpoint).num_parameters() == tiny_model.num_parameters
 
 
+def save_full_state_metadata(path: Path, **metadata) -> Path:
+    """instructlab's `training_metadata.json` (a torch pickle) for a full state."""
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(metadata, path / "training_metadata.json")
+    return path / "training_metadata.json"
+
+
 def test_stale_checkpoint_is_not_taken_for_a_new_one(tiny_model, chat_data, tmp_path):
     import shutil
 
@@ -210,7 +219,29 @@ def test_stale_checkpoint_is_not_taken_for_a_new_one(tiny_model, chat_data, tmp_
     with launcher_on_path(tmp_path / "bin", SUCCEED_SILENTLY):
         with pytest.raises(RuntimeError, match="^training ended without saving a checkpoint under"):
             sft(**common(tiny_model, chat_data, ckpt, process_data=False))
-        # ...unless that earlier run had already finished every epoch (num_epochs=2: epochs 0 and 1)
-        (ckpt / "full_state" / "epoch_1").mkdir(parents=True)
+        # a mid-epoch (on-demand) state of the last epoch does not mean the run is finished
+        save_full_state_metadata(ckpt / "full_state" / "epoch_1", current_epoch=1, samples_seen=60, global_step=7)
+        with pytest.raises(RuntimeError, match="^training ended without saving a checkpoint under"):
+            sft(**common(tiny_model, chat_data, ckpt, process_data=False))
+        # ...but the end of the last epoch does (num_epochs=2: epochs 0 and 1)
+        save_full_state_metadata(ckpt / "full_state" / "epoch_1", current_epoch=1, samples_seen=80)
         result = sft(**common(tiny_model, chat_data, ckpt, process_data=False))
     assert result.final_checkpoint == ckpt / "hf_format" / "samples_40" and result.resumed_from_epoch == 1
+
+
+def test_on_demand_checkpoint_stop_is_reported_as_resumable(tiny_model, chat_data, tmp_path):
+    from training_hub import TrainingInterruptedError
+
+    # what a SIGTERM with on-demand checkpointing leaves: a mid-epoch full state, exit status 0
+    metadata = save_full_state_metadata(tmp_path / "prepared", current_epoch=0, samples_seen=24, global_step=3)
+    body = (f"import shutil, pathlib, sys\nout = pathlib.Path([a for a in sys.argv if a.startswith('--output_dir=')][0]"
+            f".split('=', 1)[1])\n(out / 'full_state' / 'epoch_0').mkdir(parents=True)\n"
+            f"shutil.copyfile({str(metadata)!r}, out / 'full_state' / 'epoch_0' / 'training_metadata.json')\n")
+    ckpt = tmp_path / "ckpt"
+    with launcher_on_path(tmp_path / "bin", body), pytest.raises(TrainingInterruptedError) as caught:
+        sft(**common(tiny_model, chat_data, ckpt, process_data=False))
+    assert isinstance(caught.value, RuntimeError)
+    assert str(caught.value) == (
+        f"training stopped in epoch 0 at step 3 after an on-demand checkpoint (saved under {ckpt / 'full_state'}); "
+        "run again with the same ckpt_output_dir to resume from it"
+    )
