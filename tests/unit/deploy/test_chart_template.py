@@ -192,3 +192,21 @@ def test_bad_values_fail_with_a_message(helm_binary, values, message):
     result = helm(helm_binary, "template", "rel", str(CHART), *values, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_readme_install_command_renders(helm_binary):
+    """The platform team's `helm install` in README.md, run as `helm template`: its --set values exist and pass."""
+    import re
+    import shlex
+
+    readme = (CHART.parents[2] / "README.md").read_text()
+    command = re.search(r"^helm install (.+?)(?<!\\)$", readme, flags=re.M | re.S).group(0)
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:2] == ["helm", "install"]
+    release, chart, *flags = words[2:]
+    assert (CHART.parents[2] / chart).resolve() == CHART
+    objects = render(helm_binary, *[f for f in flags if f != "--create-namespace"])
+    (deployment,) = by_kind(objects, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("registry.example.com/ml/training-hub-operator:")
