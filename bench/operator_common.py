@@ -110,25 +110,45 @@ class PodWatch:
         self._stop.set()
 
     def _run(self) -> None:
+        resource_version = ""
+        while not self._stop.is_set():
+            try:
+                resource_version = self._watch_once(resource_version)
+            except Exception as error:  # noqa: BLE001 - a benchmark's watch reconnects, and says why
+                print(f"pod watch: {type(error).__name__}: {error}; reconnecting", file=sys.stderr)
+                resource_version = ""
+                time.sleep(0.2)
+
+    def _watch_once(self, resource_version: str) -> str:
+        query = [("watch", "true"), ("timeoutSeconds", 300)]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
         method, url, headers, _, _ = self.api_client.param_serialize(
-            "GET", f"/api/v1/namespaces/{self.namespace}/pods",
-            query_params=[("watch", "true"), ("allowWatchBookmarks", "false")],
+            "GET", f"/api/v1/namespaces/{self.namespace}/pods", query_params=query,
             header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
         )
         response = self.api_client.rest_client.pool_manager.request(method, url, headers=headers, preload_content=False,
                                                                     timeout=None)
         self.ready.set()
         buffer = b""
-        for chunk in response.stream(65536, decode_content=True):
-            now = time.monotonic()
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    self._record(json.loads(line), now)
-            if self._stop.is_set():
-                break
-        response.release_conn()
+        try:
+            for chunk in response.stream(65536, decode_content=True):
+                now = time.monotonic()
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        return ""  # e.g. 410 Gone: start over from now
+                    self._record(event, now)
+                    resource_version = (event.get("object") or {}).get("metadata", {}).get("resourceVersion", resource_version)
+                if self._stop.is_set():
+                    break
+        finally:
+            response.release_conn()
+        return resource_version
 
     def _record(self, event: dict, now: float) -> None:
         pod = event.get("object") or {}
