@@ -402,8 +402,11 @@ class InstructLabTrainingSFTBackend(Backend):
             with _launcher_on_path(torchrun):
                 run_training(torch_args=torchrun_args, train_args=training_args)
         except RuntimeError as exc:
+            if str(exc).startswith("Dataset does not contain any samples"):  # instructlab's data processing
+                raise ParameterError([f"max_seq_len: every sample of {training_args.data_path} is longer than "
+                                      f"max_seq_len={training_args.max_seq_len} tokens; raise max_seq_len"]) from exc
             if capture.exit_status is None and not str(exc).startswith("Suffered a failure during distributed"):
-                raise  # not the launcher's failure (e.g. data processing): let it through unchanged
+                raise  # not the launcher's failure: let it through unchanged
             raise self._failure(capture.exit_status, log_path, node_rank) from exc
         finally:
             instructlab_logger.removeHandler(capture)

@@ -245,3 +245,13 @@ def test_on_demand_checkpoint_stop_is_reported_as_resumable(tiny_model, chat_dat
         f"training stopped in epoch 0 at step 3 after an on-demand checkpoint (saved under {ckpt / 'full_state'}); "
         "run again with the same ckpt_output_dir to resume from it"
     )
+
+
+def test_data_longer_than_max_seq_len_is_a_parameter_error(tiny_model, chat_data, tmp_path):
+    from training_hub import ParameterError
+
+    with launcher_on_path(tmp_path / "bin", SUCCEED_SILENTLY), pytest.raises(ParameterError) as caught:
+        sft(**{**common(tiny_model, chat_data, tmp_path / "ckpt"), "max_seq_len": 16})
+    assert caught.value.problems == [
+        f"max_seq_len: every sample of {chat_data} is longer than max_seq_len=16 tokens; raise max_seq_len"
+    ]
