@@ -115,6 +115,7 @@ class _JobState:
     running: bool = False
     again: bool = False  # a trigger arrived while running
     quiet: bool = False  # finished/suspended with nothing left to do: only events wake it (not the resync)
+    refresh: bool = False  # read the job from the API instead of the cached body (resync: a missed DELETED)
 
 
 @dataclass
@@ -181,6 +182,8 @@ class JobReconciler:
     def resync_all(self) -> None:
         # Spread over a second so a resync of thousands of jobs is not one burst of LISTs.
         keys = [key for key, state in self.jobs.items() if not state.quiet]
+        for key in keys:
+            self.jobs[key].refresh = True
         for index, key in enumerate(keys):
             self.trigger(key, delay=index / max(1, len(keys)))
 
@@ -239,7 +242,11 @@ class JobReconciler:
         started = time.perf_counter()
         namespace, name = key
         state = self.jobs.setdefault(key, _JobState())
-        job = state.body or self.kube.get_job(namespace, name)
+        job = None if state.refresh else state.body
+        if job is None:
+            state.refresh = False
+            job = self.kube.get_job(namespace, name)
+            state.body = job
         if job is None:
             self.jobs.pop(key, None)
             return None
