@@ -234,3 +234,38 @@ def shared_volume(cluster, namespace: str, claim: str = "shared") -> dict[str, A
 
 def delete_pv(cluster, namespace: str, claim: str = "shared") -> None:
     cluster.kubectl("delete", "pv", f"{namespace}-{claim}"[:63], "--wait=false", "--ignore-not-found", check=False)
+
+
+def describe_job(cluster, namespace: str, name: str):
+    def describe() -> str:
+        job = get_job(cluster, namespace, name) or {}
+        pods = [(p["metadata"]["name"], p["metadata"]["labels"].get("training-hub.io/attempt"), (p.get("status") or {}).get("phase"),
+                 bool(p["metadata"].get("deletionTimestamp"))) for p in job_pods(cluster, namespace, name)]
+        return f"status: {json.dumps(job.get('status'), indent=1)}\npods: {pods}"
+
+    return describe
+
+
+def wait_phase(cluster, namespace: str, name: str, phase: str, timeout: float = 60) -> dict:
+    return wait_until(
+        lambda: (job := get_job(cluster, namespace, name)) and (job.get("status") or {}).get("phase") == phase and job,
+        timeout, f"SFTJob {name} phase {phase}", describe=describe_job(cluster, namespace, name),
+    )
+
+
+def wait_gang_running(cluster, namespace: str, name: str, nnodes: int, attempt: int = 0, timeout: float = 60) -> list[dict]:
+    def running():
+        pods = [p for p in job_pods(cluster, namespace, name) if not p["metadata"].get("deletionTimestamp")]
+        ok = len(pods) == nnodes and all(
+            (p.get("status") or {}).get("phase") == "Running"
+            and p["metadata"]["labels"]["training-hub.io/attempt"] == str(attempt) for p in pods
+        )
+        return pods if ok else None
+
+    pods = wait_until(running, timeout, f"gang {name} attempt {attempt} running", describe=describe_job(cluster, namespace, name))
+    wait_phase(cluster, namespace, name, "Running", timeout)
+    return pods
+
+
+def env_of(pod: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}

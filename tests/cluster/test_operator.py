@@ -12,6 +12,10 @@ import pytest
 
 from tests.cluster.operator_harness import (
     JOB_LABEL,
+    describe_job,
+    env_of,
+    wait_gang_running,
+    wait_phase,
     OperatorProcess,
     apply,
     condition,
@@ -42,41 +46,6 @@ def operator(crd, cluster, namespace, tmp_path: Path):
     yield process
     process.stop()
     print(f"--- operator log ({namespace}) ---\n{process.log_tail(80)}")  # shown by pytest when the test failed
-
-
-def _describe(cluster, namespace: str, name: str):
-    def describe() -> str:
-        job = get_job(cluster, namespace, name) or {}
-        pods = [(p["metadata"]["name"], p["metadata"]["labels"].get("training-hub.io/attempt"), (p.get("status") or {}).get("phase"),
-                 bool(p["metadata"].get("deletionTimestamp"))) for p in job_pods(cluster, namespace, name)]
-        return f"status: {json.dumps(job.get('status'), indent=1)}\npods: {pods}"
-
-    return describe
-
-
-def wait_phase(cluster, namespace: str, name: str, phase: str, timeout: float = 60) -> dict:
-    return wait_until(
-        lambda: (job := get_job(cluster, namespace, name)) and (job.get("status") or {}).get("phase") == phase and job,
-        timeout, f"SFTJob {name} phase {phase}", describe=_describe(cluster, namespace, name),
-    )
-
-
-def wait_gang_running(cluster, namespace: str, name: str, nnodes: int, attempt: int = 0, timeout: float = 60) -> list[dict]:
-    def running():
-        pods = [p for p in job_pods(cluster, namespace, name) if not p["metadata"].get("deletionTimestamp")]
-        ok = len(pods) == nnodes and all(
-            (p.get("status") or {}).get("phase") == "Running"
-            and p["metadata"]["labels"]["training-hub.io/attempt"] == str(attempt) for p in pods
-        )
-        return pods if ok else None
-
-    pods = wait_until(running, timeout, f"gang {name} attempt {attempt} running", describe=_describe(cluster, namespace, name))
-    wait_phase(cluster, namespace, name, "Running", timeout)
-    return pods
-
-
-def env_of(pod: dict) -> dict[str, str]:
-    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,7 +127,7 @@ def test_progress_is_read_from_the_rank0_log(cluster, namespace, operator):
     cluster.set_pod_log(namespace, "prog-node-1", json.dumps({"event": "progress", "epoch": 9, "step": 999, "loss": 9.9}) + "\n")
     job = wait_until(
         lambda: (j := get_job(cluster, namespace, "prog")) and (j["status"].get("progress") or {}).get("step") == 40 and j,
-        30, "progress from rank 0", describe=_describe(cluster, namespace, "prog"),
+        30, "progress from rank 0", describe=describe_job(cluster, namespace, "prog"),
     )
     progress = job["status"]["progress"]
     assert (progress["epoch"], progress["step"], progress["loss"], progress["samplesSeen"]) == (1, 40, 1.23, 1280)
@@ -313,7 +282,7 @@ def test_creation_errors_are_reported_and_an_operator_restart_converges_without_
     apply(cluster, sftjob("quota", namespace, nnodes=4))
     job = wait_until(
         lambda: (j := get_job(cluster, namespace, "quota")) and (condition(j, "Created") or {}).get("reason") == "CreateFailed" and j,
-        60, "Created=False/CreateFailed", describe=_describe(cluster, namespace, "quota"),
+        60, "Created=False/CreateFailed", describe=describe_job(cluster, namespace, "quota"),
     )
     message = condition(job, "Created")["message"]
     assert "HTTP 403" in message and "exceeded quota" in message, message

@@ -14,14 +14,15 @@ from tests.cluster.operator_harness import (
     OperatorProcess,
     apply,
     create_pool,
+    env_of,
     free_port,
     get_job,
     install_crd,
     sftjob,
     terminate_pod,
+    wait_gang_running,
     wait_until,
 )
-from tests.cluster.test_operator import env_of, wait_gang_running, wait_phase
 
 pytestmark = [pytest.mark.cluster]
 

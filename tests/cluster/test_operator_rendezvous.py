@@ -17,8 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.operator_harness import OperatorProcess, apply, create_pool, install_crd, sftjob
-from tests.cluster.test_operator import env_of, wait_gang_running
+from tests.cluster.operator_harness import (
+    OperatorProcess,
+    apply,
+    create_pool,
+    env_of,
+    install_crd,
+    sftjob,
+    wait_gang_running,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
