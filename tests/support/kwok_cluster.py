@@ -463,6 +463,16 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _wait_until_gone(pids: set[int], timeout: float) -> set[int]:
+    """Waits up to `timeout` for `pids` to exit; returns those still alive."""
+    deadline = time.monotonic() + timeout
+    alive = {p for p in pids if _alive(p)}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {p for p in alive if _alive(p)}
+    return alive
+
+
 def _config_yaml(bin_dir: Path) -> str:
     # JSON is YAML; kwokctl reads a multi-document file, here one KwokctlConfiguration.
     options = {
@@ -547,19 +557,20 @@ def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, 
              "--kubeconfig", str(kwok_workdir() / "unused-kubeconfig.yaml")],
             capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=120,
         )
-    leftovers = _pids_mentioning(workdir)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    # kwokctl has signalled its processes; give them `grace` to exit, then TERM, then KILL. A killed
+    # process can still take a while to go (etcd blocked in fsync on a busy disk): wait for it.
+    leftovers = _wait_until_gone(_pids_mentioning(workdir), grace)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 60)):
+        if not leftovers:
+            break
         for pid in leftovers:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in leftovers):
-            time.sleep(0.2)
-        leftovers = {p for p in leftovers if _alive(p)}
-        if not leftovers:
-            break
+        leftovers = _wait_until_gone(leftovers, wait)
+    if leftovers:
+        raise ControlPlaneUnavailable(f"cluster {name}: processes {sorted(leftovers)} survived SIGKILL for 60 s")
     shutil.rmtree(workdir, ignore_errors=True)
     (kwok_workdir() / "configs" / f"{name}.yaml").unlink(missing_ok=True)
 
