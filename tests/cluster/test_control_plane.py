@@ -372,8 +372,9 @@ def test_failed_start_raises_and_leaves_no_process_behind(k8s_bin_dir: Path, tmp
     name = f"th-broken-{os.getpid()}"
 
     with pytest.raises(kwok_cluster.ControlPlaneUnavailable, match=f"kwokctl create cluster {name} failed"):
-        kwok_cluster.start_cluster(name, broken, nodes=0, timeout=10)
+        kwok_cluster.start_cluster(name, broken, nodes=0, timeout=10, failed_logs_dir=tmp_path / "logs")
 
+    assert "no apiserver today" in (tmp_path / "logs" / "kube-apiserver.log").read_text()
     assert not kwok_cluster._pids_mentioning(kwok_cluster.cluster_dir(name))
     assert not kwok_cluster.cluster_dir(name).exists()
 

@@ -463,6 +463,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _prune_oldest(directory: Path, keep: int) -> None:
+    entries = sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []
+    for old in entries[: max(0, len(entries) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _wait_until_gone(pids: set[int], timeout: float) -> set[int]:
     """Waits up to `timeout` for `pids` to exit; returns those still alive."""
     deadline = time.monotonic() + timeout
@@ -497,8 +503,13 @@ def start_cluster(
     nodes: int = DEFAULT_NODE_COUNT,
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
     timeout: float = 300,
+    failed_logs_dir: Path | None = None,
 ) -> KwokCluster:
-    """Starts cluster `name` (or returns it if it already answers) with `nodes` fake GPU nodes."""
+    """Starts cluster `name` (or returns it if it already answers) with `nodes` fake GPU nodes.
+
+    If kwokctl fails, the components' logs are copied to `failed_logs_dir` (default
+    `<KWOK_WORKDIR>/failed-logs/<name>-<time>`, the newest 20 kept) before everything is stopped.
+    """
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?", name):
         raise ValueError(f"cluster name {name!r}: use lowercase letters, digits and '-', at most 32 characters")
     bin_dir = bin_dir or find_bin_dir()
@@ -527,7 +538,10 @@ def start_cluster(
             cmd, capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=timeout + 60
         )
     if result.returncode != 0:
-        kept_logs = kwok_workdir() / "failed-logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        if failed_logs_dir is None:
+            _prune_oldest(kwok_workdir() / "failed-logs", keep=19)
+            failed_logs_dir = kwok_workdir() / "failed-logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        kept_logs = failed_logs_dir
         if (workdir / "logs").is_dir():
             shutil.copytree(workdir / "logs", kept_logs, dirs_exist_ok=True)
         stop_cluster(name, bin_dir)  # also after a failed start: leave no process behind
