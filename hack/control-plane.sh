@@ -24,6 +24,11 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 KWOK_FALLBACK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
+# Upstream's Makefile stamps the Kubernetes version helm assumes offline (`helm template`, lint
+# deprecations) from its client-go (v0.37 -> 1.37); without it helm assumes 1.20.
+HELM_K8S_MAJOR=1
+HELM_K8S_MINOR=37
+HELM_BUILD="$HELM_VERSION-k8s$HELM_K8S_MAJOR.$HELM_K8S_MINOR"
 REQUIRED_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +43,7 @@ die() { log "error: $*"; exit 1; }
 
 # Directory holding one symlink per binary, named after the full version set, so PATH gets one entry.
 bin_set_dir() {
-  echo "$BIN_CACHE/set-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
+  echo "$BIN_CACHE/set-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_BUILD"
 }
 
 has_all_binaries() {
@@ -151,13 +156,15 @@ build_kwok() {
 }
 
 build_helm() {
-  local out="$BIN_CACHE/helm-$HELM_VERSION"
+  local out="$BIN_CACHE/helm-$HELM_BUILD"
   has_all_binaries_in "$out" helm && return 0
   require_go
   local started=$SECONDS tmp="$out.tmp.$$"
   log "building helm $HELM_VERSION"
   rm -rf "$tmp" && mkdir -p "$tmp"
-  go_install_into "$tmp" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+  local caps="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$HELM_K8S_MAJOR -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_K8S_MINOR"
+  caps+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$HELM_K8S_MAJOR -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_K8S_MINOR"
+  go_install_into "$tmp" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean $caps" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm $HELM_VERSION failed"
   finish_component "$tmp" "$out"
   log "helm $HELM_VERSION built in $((SECONDS - started)) s"
@@ -194,7 +201,7 @@ ensure_binaries() {
     ln -sfn "$BIN_CACHE/etcd-$ETCD_VERSION/etcd" "$set_dir/etcd"
     ln -sfn "$BIN_CACHE/kwok-$KWOK_VERSION/kwok" "$set_dir/kwok"
     ln -sfn "$BIN_CACHE/kwok-$KWOK_VERSION/kwokctl" "$set_dir/kwokctl"
-    ln -sfn "$BIN_CACHE/helm-$HELM_VERSION/helm" "$set_dir/helm"
+    ln -sfn "$BIN_CACHE/helm-$HELM_BUILD/helm" "$set_dir/helm"
     log "all binaries ready in $set_dir ($((SECONDS - started)) s)"
   fi
   flock -u 9
