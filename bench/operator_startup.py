@@ -27,6 +27,7 @@ from operator_common import (  # noqa: E402
     PodWatch,
     api_requests,
     bench_cluster,
+    cpu_seconds,
     new_namespace,
     percentile,
     running_operator,
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             watch = PodWatch(cluster, namespace).start()
             names = [f"burst-{i}" for i in range(args.burst_jobs)]
             before = _wait_idle(operator, settle=0.5)
+            cpu_before = cpu_seconds(operator.pid)
             started = time.monotonic()
             with ThreadPoolExecutor(max_workers=16) as pool:
                 submitted = dict(zip(names, pool.map(
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             created = [watch.job_times(n, args.nnodes)[0] - submitted[n] for n in names]
             running = [watch.job_times(n, args.nnodes)[1] - submitted[n] for n in names]
             last_created = max(watch.job_times(n, args.nnodes)[0] for n in names) - started
+            last_running = max(watch.job_times(n, args.nnodes)[1] for n in names) - started
+            figures["burst_operator_cpu_s"] = cpu_seconds(operator.pid) - cpu_before
             by_verb = _delta(after, before)
         figures["burst_created_ms"] = {"p50": percentile(created, 50) * 1000, "p99": percentile(created, 99) * 1000}
         figures["burst_running_ms"] = {"p50": percentile(running, 50) * 1000, "p99": percentile(running, 99) * 1000}
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.burst_jobs} jobs x {args.nnodes} nodes applied at once ({applied:.2f}s to POST them all)")
         print("  " + _summary("apply -> all pods created", created))
         print("  " + _summary("apply -> all pods Running", running))
-        print(f"  last gang created {last_created:.2f}s after the first POST")
+        print(f"  last gang created {last_created:.2f}s, last gang Running {last_running:.2f}s after the first POST; "
+              f"operator CPU used meanwhile: {figures['burst_operator_cpu_s']:.1f}s")
         print(f"  API requests per job start: {figures['burst_requests_per_job']:.1f}  "
               f"(by verb: { {v: round(c, 2) for v, c in figures['burst_requests_by_verb_per_job'].items()} })")
     if args.json:

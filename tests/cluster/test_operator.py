@@ -107,9 +107,12 @@ def test_four_node_gang_is_wired_and_reported(cluster, namespace, operator):
         table = cluster.kubectl("get", "sftjobs", "-n", namespace).stdout.splitlines()
         assert table[0].split()[:5] == ["NAME", "PHASE", "NODES", "GPUS/NODE", "RESTARTS"]
         assert table[1].split()[:5] == ["llama", "Running", "4/4", "8", "0"]
-        events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=llama,involvedObject.kind=SFTJob",
-                                 "-o", "jsonpath={.items[*].reason}").stdout.split()
-        assert {"GangCreated", "Running"} <= set(events)
+        def events():
+            return set(cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                       "involvedObject.name=llama,involvedObject.kind=SFTJob",
+                                       "-o", "jsonpath={.items[*].reason}").stdout.split())
+
+        wait_until(lambda: {"GangCreated", "Running"} <= events(), 10, "GangCreated and Running events")
     finally:
         delete_pv(cluster, namespace)
 
