@@ -131,6 +131,13 @@ class CleanPodPolicy(str, Enum):
     NONE = "None"
 
 
+class JobMode(str, Enum):
+    """What the gang runs."""
+
+    TRAIN = "Train"
+    PREFLIGHT = "Preflight"
+
+
 class _K8sModel(BaseModel):
     """camelCase aliases, unknown fields rejected (the API server prunes them; we say so instead)."""
 
@@ -309,6 +316,19 @@ class Affinity(BaseModel):
     )
 
 
+class PreflightOptions(_K8sModel):
+    """The all-reduce a Preflight job runs (flags of `training-hub preflight`)."""
+
+    size_mb: int = Field(
+        default=64, ge=1, le=16384, description="Size of each all-reduce in MiB, for the bandwidth figure."
+    )
+    iters: int = Field(default=5, ge=1, le=1000, description="Timed all-reduces.")
+    warmup: int = Field(default=1, ge=0, le=100, description="Untimed all-reduces first.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="Collective backend: auto (NCCL when CUDA is available, else gloo), gloo or nccl."
+    )
+
+
 def _reserved_names_cel(names: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{name}'" for name in names) + "]"
 
@@ -330,6 +350,13 @@ _POD_ANNOTATIONS_MESSAGE = "must not set the operator's keys: " + ", ".join(
 )
 
 SPEC_RULES: tuple[CrossFieldRule, ...] = (
+    CrossFieldRule(
+        field="preflight",
+        fields=("preflight", "mode"),
+        check=lambda v: v.get("preflight") is None or v.get("mode") == JobMode.PREFLIGHT,
+        message="may only be set when mode is Preflight",
+        cel="!has(self.preflight) || (has(self.mode) && self.mode == 'Preflight')",
+    ),
     CrossFieldRule(
         field="resources",
         fields=("resources", "gpu_resource_name"),
@@ -355,7 +382,19 @@ class SFTJobSpec(_K8sModel):
     training: SFTParams = Field(
         description="The SFT parameters (training_hub.params.SFTParams, camelCase). Written to the ConfigMap "
         f"<job>-params and read by each pod from {PARAMS_MOUNT_PATH}/{PARAMS_FILE_NAME}. May not change while the "
-        "job runs (suspend it first).",
+        "job runs (suspend it first). Required in Preflight mode too (not used there), so that a training "
+        "manifest becomes its own preflight by setting mode alone.",
+    )
+    mode: JobMode = Field(
+        default=JobMode.TRAIN,
+        description="Train (default) runs `training-hub sft`. Preflight runs `training-hub preflight` across the "
+        "same gang instead of training: a real all-reduce over the same rendezvous settings, image, volumes, "
+        "scheduling and network, to prove the wiring and the network before hours of GPU time; the job Succeeds "
+        "when every rank's all-reduce is correct, and rank 0's summary message carries the bandwidth. "
+        "May not change while the job runs.",
+    )
+    preflight: PreflightOptions | None = Field(
+        default=None, description="Settings of the all-reduce in Preflight mode (only allowed then)."
     )
 
     # Gang shape

@@ -6,10 +6,12 @@ A bad value raises `ConfigError` naming the variable and what is allowed.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from importlib import metadata
-from typing import Mapping
+from typing import Any, Mapping
 
 from training_hub.launch import env as launch_env
 
@@ -21,6 +23,7 @@ RDZV_TIMEOUT = ENV_PREFIX + "RDZV_TIMEOUT"
 CLUSTER_DOMAIN = ENV_PREFIX + "CLUSTER_DOMAIN"
 SHM_SIZE_LIMIT = ENV_PREFIX + "SHM_SIZE_LIMIT"
 FORCE_DELETE_AFTER = ENV_PREFIX + "FORCE_DELETE_AFTER"
+DEFAULT_TRAINER_RESOURCES = ENV_PREFIX + "DEFAULT_TRAINER_RESOURCES"
 
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -28,6 +31,64 @@ _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+
+_BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_RESOURCE_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+# (requests, limits): each a sorted tuple of (resource name, quantity); hashable, so OperatorConfig stays frozen.
+ResourceDefaults = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def quantity_value(quantity: int | float | str) -> Decimal:
+    """The number a Kubernetes quantity stands for (`500m` -> 0.5, `2Gi` -> 2147483648), to compare two of them.
+    Raises ValueError for anything that is not a quantity."""
+    text = str(quantity)
+    if isinstance(quantity, bool) or not re.match(QUANTITY_PATTERN, text):
+        raise ValueError(f"must be a Kubernetes quantity such as 8, 500m, 64Gi (got {quantity!r})")
+    try:
+        if text[-2:] in _BINARY_SUFFIXES:
+            return Decimal(text[:-2]) * _BINARY_SUFFIXES[text[-2:]]
+        if text[-1] in _DECIMAL_SUFFIXES:
+            return Decimal(text[:-1]).scaleb(_DECIMAL_SUFFIXES[text[-1]])
+        return Decimal(text)  # plain number or e-notation (1e3)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only numbers Decimal reads
+        raise ValueError(f"must be a Kubernetes quantity such as 8, 500m, 64Gi (got {quantity!r})") from None
+
+
+def parse_resource_defaults(raw: str) -> ResourceDefaults:
+    """`{"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "64Gi"}}` (JSON, a container's
+    `resources` without the GPU) -> ResourceDefaults. Quantities are kept as strings ("4"), as the API stores
+    them. A default request above the default limit of the same resource is an error: no pod could use both."""
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"must be JSON such as {{\"requests\": {{\"cpu\": \"4\"}}}} ({exc})") from None
+    if not isinstance(document, dict) or set(document) - {"requests", "limits"}:
+        raise ValueError(f"must be a JSON object with only the keys requests and limits (got {raw!r})")
+    parts: dict[str, dict[str, str]] = {}
+    for part in ("requests", "limits"):
+        entries = document.get(part) or {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"{part} must be an object of resource name -> quantity (got {entries!r})")
+        parts[part] = {}
+        for name, quantity in entries.items():
+            if not _RESOURCE_NAME.match(name) or len(name) > 253:
+                raise ValueError(f"{part}: {name!r} is not a resource name such as cpu, memory, ephemeral-storage")
+            try:
+                negative = quantity_value(quantity) < 0
+            except ValueError as exc:
+                raise ValueError(f"{part}.{name}: {exc}") from None
+            if negative:
+                raise ValueError(f"{part}.{name}: must not be negative (got {quantity!r})")
+            parts[part][name] = str(quantity)
+    for name, request in parts["requests"].items():
+        limit = parts["limits"].get(name)
+        if limit is not None and quantity_value(request) > quantity_value(limit):
+            raise ValueError(f"requests.{name} ({request}) must not exceed limits.{name} ({limit})")
+    return (tuple(sorted(parts["requests"].items())), tuple(sorted(parts["limits"].items())))
 
 
 def _package_version() -> str:
@@ -63,6 +124,9 @@ class OperatorConfig:
     """Default sizeLimit of the /dev/shm memory volume when an SFTJob does not set spec.shmSize."""
     force_delete_after_s: float = 300.0
     """A pod still Terminating this long after deletion (lost node) is removed with grace period 0."""
+    default_trainer_resources: ResourceDefaults = ((), ())
+    """(requests, limits) of the training container for the resources an SFTJob's spec.resources leaves out
+    (render.py merges them per resource; the job's own values win)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "OperatorConfig":
@@ -102,6 +166,11 @@ class OperatorConfig:
             if not re.match(QUANTITY_PATTERN, size):
                 problems.append(f"{SHM_SIZE_LIMIT}: must be a Kubernetes quantity such as 16Gi (got {size!r})")
             values["shm_size_limit"] = size
+        if raw := get(DEFAULT_TRAINER_RESOURCES):
+            try:
+                values["default_trainer_resources"] = parse_resource_defaults(raw)
+            except ValueError as exc:
+                problems.append(f"{DEFAULT_TRAINER_RESOURCES}: {exc}")
         if problems:
             raise ConfigError("invalid operator configuration:\n  - " + "\n  - ".join(problems))
         return cls(**values)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ HEADER = (
 )
 
 # Fields that shape the running gang: changing them mid-run would leave pods that disagree with the spec.
-IMMUTABLE_WHILE_RUNNING = ("training", "nnodes", "nprocPerNode", "gpuResourceName")
+IMMUTABLE_WHILE_RUNNING = ("training", "mode", "nnodes", "nprocPerNode", "gpuResourceName")
 
 _KEEP_FORMATS = {"date-time", "int32", "int64", "float", "double", "byte", "date"}
 _DROPPED_KEYS = {"title", "examples"}

@@ -7,6 +7,7 @@ re-render after a restart and compare, and `sftjob-operator render` shows exactl
                                  must resolve before rank 0 is Ready), the rdzv port
     ConfigMap <job>-params       params.json = spec.training (camelCase)
     Pod       <job>-node-<rank>  one per node; the entrypoint reads params.json and the TRAINING_HUB_* env
+                                 (spec.mode Preflight: `training-hub preflight` with the same env instead)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 from training_hub.launch import env as launch_env
 
 from . import api, labels
-from .config import OperatorConfig
+from .config import OperatorConfig, quantity_value
 
 CONTAINER_NAME = "trainer"
 PARAMS_VOLUME = api.RESERVED_VOLUME_PREFIX + "params"
@@ -28,6 +29,7 @@ SHM_VOLUME = api.RESERVED_VOLUME_PREFIX + "shm"
 RDZV_PORT_NAME = "rdzv"
 TERMINATION_MESSAGE_PATH = launch_env.DEFAULT_TERMINATION_LOG
 ENTRYPOINT = ["training-hub", "sft", "--config", f"{api.PARAMS_MOUNT_PATH}/{api.PARAMS_FILE_NAME}"]
+PREFLIGHT_ENTRYPOINT = ["training-hub", "preflight"]
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 
@@ -181,9 +183,40 @@ def _environment(name: str, namespace: str, spec: api.SFTJobSpec, rank: int, rdz
     return env + _dump(spec.env or [])
 
 
-def _resources(spec: api.SFTJobSpec) -> dict[str, Any]:
+def container_command(spec: api.SFTJobSpec) -> list[str]:
+    """The training container's command: `training-hub sft` on the mounted parameters, or in Preflight mode
+    `training-hub preflight` (an all-reduce across the same gang, same TRAINING_HUB_* environment)."""
+    if spec.mode is api.JobMode.PREFLIGHT:
+        options = spec.preflight or api.PreflightOptions()
+        return [
+            *PREFLIGHT_ENTRYPOINT,
+            "--size-mb", str(options.size_mb),
+            "--iters", str(options.iters),
+            "--warmup", str(options.warmup),
+            "--backend", options.backend,
+        ]
+    return list(ENTRYPOINT)
+
+
+def _resources(spec: api.SFTJobSpec, config: OperatorConfig) -> dict[str, Any]:
     requests = dict((spec.resources.requests if spec.resources else None) or {})
     limits = dict((spec.resources.limits if spec.resources else None) or {})
+    # The operator's defaults fill in what the job leaves out, per resource and per requests/limits; the job's own
+    # values win. A default that would contradict the job's value for the same resource (a default request above
+    # the job's limit, a default limit below the job's request) is left out, so the pod stays valid.
+    default_requests, default_limits = (dict(part) for part in config.default_trainer_resources)
+    for name, quantity in default_requests.items():
+        if name in requests or name == spec.gpu_resource_name:
+            continue
+        if name in limits and quantity_value(quantity) > quantity_value(limits[name]):
+            continue  # Kubernetes then takes the request from the job's limit
+        requests[name] = quantity
+    for name, quantity in default_limits.items():
+        if name in limits or name == spec.gpu_resource_name:
+            continue
+        if name in requests and quantity_value(requests[name]) > quantity_value(quantity):
+            continue  # the job asks for more than the default cap: it gets no cap rather than an invalid pod
+        limits[name] = quantity
     limits[spec.gpu_resource_name] = spec.nproc_per_node
     resources: dict[str, Any] = {"limits": dict(sorted(limits.items()))}
     if requests:
@@ -247,10 +280,10 @@ def _pod(
         "name": CONTAINER_NAME,
         "image": spec.image or config.trainer_image,
         "imagePullPolicy": spec.image_pull_policy or config.image_pull_policy,
-        "command": list(ENTRYPOINT),
+        "command": container_command(spec),
         "env": _environment(name, namespace, spec, rank, rdzv_id, config),
         "ports": [{"name": RDZV_PORT_NAME, "containerPort": spec.rdzv_port, "protocol": "TCP"}],
-        "resources": _resources(spec),
+        "resources": _resources(spec, config),
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,

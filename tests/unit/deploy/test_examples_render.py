@@ -21,6 +21,7 @@ def test_the_promised_examples_exist():
         "sftjob-multi-node.yaml",
         "sftjob-pretraining.yaml",
         "sftjob-suspend-kueue.yaml",
+        "sftjob-preflight.yaml",
     ):
         assert expected in names
 
@@ -63,3 +64,20 @@ def test_kueue_example_is_suspended_and_its_pods_form_one_pod_group():
     assert {p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for p in pods} == {queue}
     assert len({p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods}) == 1
     assert {p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] for p in pods} == {str(len(pods))}
+
+
+@pytest.mark.timeout(60)
+def test_preflight_example_runs_the_preflight_on_four_nodes_and_training_examples_train():
+    for example in EXAMPLES:
+        job = yaml.safe_load(example.read_text())
+        rendered = subprocess.run(
+            [str(OPERATOR_CLI), "render", "-f", str(example)], capture_output=True, text=True, timeout=50, check=True
+        ).stdout
+        pods = [o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Pod"]
+        commands = {tuple(p["spec"]["containers"][0]["command"][:2]) for p in pods}
+        if example.name == "sftjob-preflight.yaml":
+            assert job["spec"]["mode"] == "Preflight" and len(pods) == 4
+            assert commands == {("training-hub", "preflight")}
+        else:
+            assert job["spec"].get("mode", "Train") == "Train"
+            assert commands == {("training-hub", "sft")}

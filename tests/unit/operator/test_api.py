@@ -47,11 +47,12 @@ def test_minimal_spec_gets_every_documented_default():
     assert spec.backoff_limit == 3
     assert spec.suspend is False
     assert spec.clean_pod_policy is api.CleanPodPolicy.RUNNING
+    assert spec.mode is api.JobMode.TRAIN
     for unset in (
         "image", "image_pull_policy", "image_pull_secrets", "volumes", "env", "env_from", "node_selector",
         "tolerations", "affinity", "priority_class_name", "service_account_name", "pod_labels", "pod_annotations",
         "termination_grace_period_seconds", "active_deadline_seconds", "ttl_seconds_after_finished", "resources",
-        "shm_size",
+        "shm_size", "preflight",
     ):
         assert getattr(spec, unset) is None, unset
 
@@ -134,6 +135,13 @@ def test_full_spec_is_accepted():
         ({"image": "has space"}, "spec.image", "pattern"),
         ({"replicas": 3}, "spec.replicas", "extra inputs are not permitted"),
         ({"affinity": {"nodeAfinity": {}}}, "spec.affinity.nodeAfinity", "extra inputs"),
+        ({"mode": "Dryrun"}, "spec.mode", "'Train' or 'Preflight'"),
+        ({"preflight": {"sizeMb": 8}}, "spec.preflight", "may only be set when mode is Preflight"),
+        ({"mode": "Train", "preflight": {}}, "spec.preflight", "may only be set when mode is Preflight"),
+        ({"mode": "Preflight", "preflight": {"sizeMb": 0}}, "spec.preflight.sizeMb", "greater than or equal to 1"),
+        ({"mode": "Preflight", "preflight": {"iters": 0}}, "spec.preflight.iters", "greater than or equal to 1"),
+        ({"mode": "Preflight", "preflight": {"backend": "mpi"}}, "spec.preflight.backend", "'auto', 'gloo' or 'nccl'"),
+        ({"mode": "Preflight", "preflight": {"size": 8}}, "spec.preflight.size", "extra inputs"),
     ],
 )
 def test_bad_spec_is_rejected_naming_the_field(spec, path, fragment):
@@ -172,6 +180,22 @@ def test_missing_training_fields_are_each_reported():
 def test_every_problem_is_reported_at_once():
     problems = problems_of(job(nnodes=0, rdzvPort=1, cleanPodPolicy="x"))
     assert {p.split(":")[0] for p in problems} == {"spec.nnodes", "spec.rdzvPort", "spec.cleanPodPolicy"}
+
+
+def test_preflight_mode_with_its_options_and_their_defaults():
+    spec = api.load_spec(job(mode="Preflight", preflight={"sizeMb": 256, "backend": "nccl"}))
+    assert spec.mode is api.JobMode.PREFLIGHT
+    assert (spec.preflight.size_mb, spec.preflight.iters, spec.preflight.warmup, spec.preflight.backend) == (
+        256, 5, 1, "nccl"
+    )
+    assert api.load_spec(job(mode="Preflight")).preflight is None  # the entrypoint's defaults then
+
+
+def test_preflight_mode_still_requires_training():
+    # One schema for both modes: a training manifest becomes its own preflight by setting mode alone.
+    manifest = job(mode="Preflight")
+    del manifest["spec"]["training"]
+    assert any(p.startswith("spec.training: required") for p in problems_of(manifest))
 
 
 def test_missing_spec_and_training_are_reported():

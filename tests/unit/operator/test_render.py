@@ -304,3 +304,99 @@ def test_read_only_mappings_render_like_dicts():
     job = four_node_job()
     expected = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG)
     assert render.render_gang(frozen(job), attempt=0, rdzv_id="r", config=CONFIG) == expected
+
+
+# ---- Preflight mode ---------------------------------------------------------------------------------------------
+
+
+def test_preflight_mode_runs_the_preflight_with_the_same_gang_wiring(gang):
+    job = four_node_job(mode="Preflight", preflight={"sizeMb": 8, "iters": 3, "warmup": 0, "backend": "gloo"})
+    preflight = render.render_gang(job, attempt=2, rdzv_id=render.new_rdzv_id(UID, 2), config=CONFIG)
+    for train_pod, preflight_pod in zip(gang.pods, preflight.pods, strict=True):
+        container = preflight_pod["spec"]["containers"][0]
+        assert container["command"] == [
+            "training-hub", "preflight", "--size-mb", "8", "--iters", "3", "--warmup", "0", "--backend", "gloo"
+        ]
+        # Everything but the command is the training gang's: the env (rendezvous), scheduling, volumes, resources.
+        train_container = train_pod["spec"]["containers"][0]
+        assert {k: v for k, v in container.items() if k != "command"} == {
+            k: v for k, v in train_container.items() if k != "command"
+        }
+        assert {k: v for k, v in preflight_pod["spec"].items() if k != "containers"} == {
+            k: v for k, v in train_pod["spec"].items() if k != "containers"
+        }
+    assert preflight.service == gang.service and preflight.configmap == gang.configmap
+
+
+def test_preflight_command_is_accepted_by_the_entrypoint_with_the_options_defaults():
+    from training_hub.launch.cli import build_parser
+
+    job = four_node_job(mode="Preflight")
+    command = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG).pods[0]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["training-hub", "preflight"]
+    args = build_parser().parse_args(command[1:])
+    defaults = build_parser().parse_args(["preflight"])
+    # The operator's defaults are the entrypoint's defaults.
+    assert (args.size_mb, args.iters, args.warmup, args.backend) == (
+        defaults.size_mb, defaults.iters, defaults.warmup, defaults.backend
+    )
+
+
+def test_train_mode_is_the_default_and_runs_sft():
+    for job in (four_node_job(), four_node_job(mode="Train")):
+        container = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG).pods[0]["spec"]["containers"][0]
+        assert container["command"] == ["training-hub", "sft", "--config", "/etc/training-hub/params.json"]
+
+
+# ---- default trainer resources from the operator's configuration ------------------------------------------------
+
+
+def resources_of(job, config) -> dict:
+    return render.render_gang(job, attempt=0, rdzv_id="r", config=config).pods[0]["spec"]["containers"][0]["resources"]
+
+
+DEFAULTS = OperatorConfig(
+    default_trainer_resources=(
+        (("cpu", "4"), ("ephemeral-storage", "20Gi"), ("memory", "32Gi")),
+        (("cpu", "32"), ("memory", "64Gi")),
+    )
+)
+
+
+def test_operator_default_resources_apply_when_the_job_sets_none():
+    assert resources_of(four_node_job(resources=None), DEFAULTS) == {
+        "requests": {"cpu": "4", "ephemeral-storage": "20Gi", "memory": "32Gi"},
+        "limits": {"cpu": "32", "memory": "64Gi", "nvidia.com/gpu": 8},
+    }
+
+
+def test_the_jobs_own_resources_win_per_key():
+    # The job sets requests.cpu/memory and limits.memory; the defaults fill requests.ephemeral-storage and limits.cpu.
+    assert resources_of(four_node_job(), DEFAULTS) == {
+        "requests": {"cpu": 16, "ephemeral-storage": "20Gi", "memory": "128Gi"},
+        "limits": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": 8},
+    }
+
+
+def test_defaults_that_would_contradict_the_job_are_left_out():
+    # Job requests 48 CPUs: the default cpu limit (32) would be below it, so no cpu limit. Job limits memory to
+    # 16Gi: the default request (32Gi) would exceed it, so Kubernetes takes the request from the limit.
+    job = four_node_job(resources={"requests": {"cpu": 48}, "limits": {"memory": "16Gi"}})
+    resources = resources_of(job, DEFAULTS)
+    assert resources == {
+        "requests": {"cpu": 48, "ephemeral-storage": "20Gi"},
+        "limits": {"memory": "16Gi", "nvidia.com/gpu": 8},
+    }
+    for name, request in resources["requests"].items():
+        if name in resources["limits"]:
+            assert render.quantity_value(request) <= render.quantity_value(resources["limits"][name])
+
+
+def test_default_resources_never_touch_the_gpu_resource():
+    config = OperatorConfig(default_trainer_resources=((("amd.com/gpu", "1"),), (("amd.com/gpu", "2"),)))
+    job = four_node_job(resources=None, gpuResourceName="amd.com/gpu", nprocPerNode=4)
+    assert resources_of(job, config) == {"limits": {"amd.com/gpu": 4}}
+
+
+def test_no_operator_defaults_keep_the_jobs_resources_exactly(gang):
+    assert resources_of(four_node_job(), CONFIG) == gang.pods[0]["spec"]["containers"][0]["resources"]
