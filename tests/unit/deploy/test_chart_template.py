@@ -132,6 +132,25 @@ def test_deployment_is_hardened_and_probed(helm_binary):
 
 
 @pytest.mark.timeout(60)
+def test_trainer_resources_reach_the_operator_config(helm_binary):
+    """values.yaml trainer.resources -> SFTJOB_OPERATOR_DEFAULT_TRAINER_RESOURCES -> OperatorConfig, as the
+    operator reads it at start (the default: no defaults, only what each job sets)."""
+    from sftjob_operator.config import OperatorConfig
+
+    def operator_config(*values: str) -> OperatorConfig:
+        (deployment,) = by_kind(render(helm_binary, *values), "Deployment")
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
+
+    assert operator_config().default_trainer_resources == ((), ())
+    configured = operator_config(
+        "--set", "trainer.resources.requests.cpu=0.5", "--set", "trainer.resources.requests.memory=64Gi",
+        "--set", "trainer.resources.limits.memory=128Gi",
+    )
+    assert configured.default_trainer_resources == ((("cpu", "0.5"), ("memory", "64Gi")), (("memory", "128Gi"),))
+
+
+@pytest.mark.timeout(60)
 def test_metrics_service_targets_the_metrics_port_and_servicemonitor_is_optional(helm_binary):
     objects = render(helm_binary)
     (service,) = by_kind(objects, "Service")

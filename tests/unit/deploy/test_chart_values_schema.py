@@ -62,8 +62,9 @@ def test_default_values_pass():
         {"trainer": {"image": "registry.example.com/ml/trainer@sha256:" + "a" * 64, "shmSizeLimit": "64Gi"}},
         {"resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": 2}}},
         {"logLevel": "debug", "extraEnv": [{"name": "SFTJOB_OPERATOR_CLUSTER_DOMAIN", "value": "cluster.local"}]},
+        {"trainer": {"resources": {"requests": {"cpu": 0.5, "memory": "64Gi", "rdma/ib": 1}, "limits": {"memory": "128Gi"}}}},
     ],
-    ids=["namespaced", "ha", "servicemonitor", "trainer-digest", "resources", "debug-env"],
+    ids=["namespaced", "ha", "servicemonitor", "trainer-digest", "resources", "debug-env", "trainer-resources"],
 )
 def test_sensible_settings_pass(overrides):
     assert problems(merged(overrides)) == []
@@ -83,6 +84,10 @@ BAD_VALUES = [
     ({"logLevel": "loud"}, "logLevel", "is not one of"),
     ({"rbca": {"create": True}}, "(top)", "'rbca' was unexpected"),
     ({"trainer": {"imagee": "x"}}, "trainer", "'imagee' was unexpected"),
+    ({"trainer": {"resources": {"requests": {"memory": "lots"}}}}, "trainer.resources.requests.memory", "is not valid"),
+    ({"trainer": {"resources": {"limits": {"cpu": -1}}}}, "trainer.resources.limits.cpu", "is not valid"),
+    ({"trainer": {"resources": {"limits": {"memory": "-1Gi"}}}}, "trainer.resources.limits.memory", "is not valid"),
+    ({"trainer": {"resources": {"request": {"cpu": 1}}}}, "trainer.resources", "'request' was unexpected"),
 ]
 
 
