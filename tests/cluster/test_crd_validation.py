@@ -152,6 +152,9 @@ INVALID = [
                  "must not set keys starting with 'training-hub.io/'", id="reserved-label"),
     pytest.param(_with("spec.volumes", [{"name": "Data", "claimName": "c", "mountPath": "/d"}]),
                  "spec.volumes[0].name", "should match", id="volume-name"),
+    pytest.param(_with("spec.mode", "Dryrun"), "spec.mode", "Unsupported value", id="mode"),
+    pytest.param(_with("spec.preflight", {"sizeMb": 8}), "spec.preflight",
+                 "may only be set when mode is Preflight", id="preflight-options-in-train-mode"),
 ]
 
 
@@ -198,6 +201,7 @@ def test_gang_shape_and_training_are_immutable_once_started(crd_installed, names
         ({"spec": {"nnodes": 2}}, "spec.nnodes"),
         ({"spec": {"nprocPerNode": 4}}, "spec.nprocPerNode"),
         ({"spec": {"gpuResourceName": "amd.com/gpu"}}, "spec.gpuResourceName"),
+        ({"spec": {"mode": "Preflight"}}, "spec.mode"),
     ):
         result = patch(cluster, namespace, "pinned", body)
         assert result.returncode != 0, body

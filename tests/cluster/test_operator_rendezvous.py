@@ -1,9 +1,12 @@
-"""Rendezvous for real: the pods the operator rendered, run as local processes with the library's preflight.
+"""Rendezvous for real: the preflight example's gang, as the operator rendered it, run as local processes.
 
-The operator creates the gang on the real control plane; the test then takes each pod's environment exactly as
-rendered (node rank, nnodes, nproc per node, the shared rdzv_id, the endpoint) and runs `training-hub preflight`
-with it, the endpoint's host (the rank-0 Service's DNS name) mapped to 127.0.0.1. All ranks must rendezvous and
-all-reduce over gloo: this proves the node_rank / rdzv_id / rdzv_endpoint wiring end to end.
+The operator creates the gang of `examples/sftjob-preflight.yaml` (mode: Preflight) on the real control plane;
+the test then runs each pod's container exactly as rendered — its command (`training-hub preflight ...`) and
+its environment (node rank, nnodes, nproc per node, the shared rdzv_id, the endpoint) — with the endpoint's
+host (the rank-0 Service's DNS name) mapped to 127.0.0.1. All ranks must rendezvous and all-reduce over gloo:
+this proves the node_rank / rdzv_id / rdzv_endpoint wiring and the Preflight command end to end. Each pod then
+ends (as a kubelet would report it) with its process's real exit code and termination summary, and the
+operator must mark the SFTJob Succeeded with rank 0's summary (the world size and bandwidth) in its status.
 """
 
 from __future__ import annotations
@@ -16,20 +19,26 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster.operator_harness import (
+    POOL,
+    POOL_LABEL,
     OperatorProcess,
     apply,
+    condition,
     create_pool,
     env_of,
+    get_job,
     install_crd,
-    sftjob,
+    terminate_pod,
     wait_gang_running,
+    wait_phase,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-NNODES = 3
+PREFLIGHT_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sftjob-preflight.yaml"
 
 
 def _free_port() -> int:
@@ -38,55 +47,90 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.timeout(420)
-def test_rendered_gang_rendezvouses_and_all_reduces_over_gloo(cluster, namespace, tmp_path: Path):
-    install_crd(cluster)
-    create_pool(cluster)
-    operator = OperatorProcess(cluster, [namespace], tmp_path / "operator.log").start()
-    try:
-        apply(cluster, sftjob("rdzv", namespace, nnodes=NNODES, nproc_per_node=1))
-        pods = wait_gang_running(cluster, namespace, "rdzv", NNODES)
-    finally:
-        operator.stop()
+def preflight_example_for_the_test_pool(namespace: str) -> dict:
+    """The example as written, but sized for 2 CPU cores: one process per node and a 1 MiB all-reduce (8 GPUs
+    per node would be 32 gloo ranks here), scheduled onto the operator tests' node pool."""
+    job = yaml.safe_load(PREFLIGHT_EXAMPLE.read_text())
+    job["metadata"]["namespace"] = namespace
+    spec = job["spec"]
+    assert spec["mode"] == "Preflight"
+    spec["nprocPerNode"] = 1
+    spec["preflight"].update({"sizeMb": 1, "iters": 2, "warmup": 0})  # backend stays the example's (auto: gloo here)
+    spec["nodeSelector"] = {POOL_LABEL: POOL}
+    spec["tolerations"] = [{"key": POOL_LABEL, "operator": "Equal", "value": POOL, "effect": "NoSchedule"}]
+    return job
 
-    service_host = f"rdzv.{namespace}.svc"
+
+def run_pods_locally(pods: list[dict], service_host: str, rdzv_port: int, tmp_path: Path) -> dict[int, tuple[int, str]]:
+    """Run each pod's container command with its rendered environment; the Service's name resolves to this
+    machine, on a free port. Returns rank -> (exit code, output)."""
     port = _free_port()
-    training_hub = str(Path(sys.executable).parent / "training-hub")
+    bin_dir = str(Path(sys.executable).parent)
     processes = []
     for pod in pods:
+        container = pod["spec"]["containers"][0]
         rendered = env_of(pod)
         host, _, rendered_port = rendered["TRAINING_HUB_RDZV_ENDPOINT"].rpartition(":")
-        assert host == service_host and rendered_port == "29500"
+        assert host == service_host and rendered_port == str(rdzv_port)
         rank = int(rendered["TRAINING_HUB_NODE_RANK"])
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("TRAINING_HUB_")},
             **rendered,
-            # the only change: the Service's name resolves to this machine, on a free port
+            # the only changes: the endpoint, a shorter wait, a writable summary path, no GPU
             "TRAINING_HUB_RDZV_ENDPOINT": f"127.0.0.1:{port}",
             "TRAINING_HUB_RDZV_TIMEOUT": "120",
             "TRAINING_HUB_TERMINATION_LOG": str(tmp_path / f"termination-{rank}.json"),
             "CUDA_VISIBLE_DEVICES": "",
             "OMP_NUM_THREADS": "1",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # `training-hub` of this venv
         }
-        command = [training_hub, "preflight", "--size-mb", "1", "--iters", "2", "--warmup", "0", "--backend", "gloo"]
-        assert pod["spec"]["containers"][0]["command"][0] == "training-hub"
-        processes.append((rank, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-
-    outputs = {}
+        processes.append((rank, subprocess.Popen(container["command"], env=env, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT, text=True)))
+    results = {}
     try:
         for rank, process in processes:
-            outputs[rank] = process.communicate(timeout=300)[0]
+            output = process.communicate(timeout=300)[0]
+            results[rank] = (process.returncode, output)
     finally:
         for _, process in processes:
             if process.poll() is None:
                 process.kill()
-    for rank, process in processes:
-        assert process.returncode == 0, f"rank {rank} exited {process.returncode}:\n{outputs[rank][-3000:]}"
+    return results
 
-    summaries = {rank: json.loads((tmp_path / f"termination-{rank}.json").read_text()) for rank, _ in processes}
-    assert all(s["outcome"] == "succeeded" for s in summaries.values()), summaries
-    assert sorted(summaries) == list(range(NNODES))
-    # rank 0 reports the world it all-reduced with: every rank of every node, over gloo
-    assert f"{NNODES} ranks (gloo)" in summaries[0]["message"], summaries[0]
-    report = next(json.loads(line) for line in outputs[0].splitlines() if line.startswith("{") and '"preflight"' in line)
-    assert report["ok"] is True and report["world_size"] == NNODES
+
+@pytest.mark.timeout(480)
+def test_preflight_example_gang_rendezvouses_all_reduces_and_the_job_succeeds(cluster, namespace, tmp_path: Path):
+    install_crd(cluster)
+    create_pool(cluster)
+    job = preflight_example_for_the_test_pool(namespace)
+    name, nnodes = job["metadata"]["name"], job["spec"]["nnodes"]
+    operator = OperatorProcess(cluster, [namespace], tmp_path / "operator.log").start()
+    try:
+        apply(cluster, job)
+        pods = wait_gang_running(cluster, namespace, name, nnodes)
+        assert {tuple(p["spec"]["containers"][0]["command"][:2]) for p in pods} == {("training-hub", "preflight")}
+
+        results = run_pods_locally(pods, f"{name}.{namespace}.svc", job["spec"]["rdzvPort"], tmp_path)
+        for rank, (code, output) in results.items():
+            assert code == 0, f"rank {rank} exited {code}:\n{output[-3000:]}"
+        summaries = {rank: (tmp_path / f"termination-{rank}.json").read_text() for rank in results}
+        assert sorted(summaries) == list(range(nnodes))
+        assert all(json.loads(s)["outcome"] == "succeeded" for s in summaries.values()), summaries
+        # rank 0 reports the world it all-reduced with: every rank of every node, over gloo
+        assert f"{nnodes} ranks (gloo)" in json.loads(summaries[0])["message"], summaries[0]
+        report = next(json.loads(line) for line in results[0][1].splitlines()
+                      if line.startswith("{") and '"preflight"' in line)
+        assert report["ok"] is True and report["world_size"] == nnodes
+
+        # The pods end as the kubelet would report these processes: the operator reads rank 0's summary.
+        for pod in pods:
+            rank = int(env_of(pod)["TRAINING_HUB_NODE_RANK"])
+            terminate_pod(cluster, namespace, pod["metadata"]["name"], results[rank][0], message=summaries[rank])
+        wait_phase(cluster, namespace, name, "Succeeded", timeout=60)
+        status = get_job(cluster, namespace, name)["status"]
+    finally:
+        operator.stop()
+    assert condition({"status": status}, "Succeeded")["status"] == "True"
+    assert status["summary"]["outcome"] == "succeeded"
+    assert f"{nnodes} ranks (gloo)" in status["summary"]["message"] and "busbw" in status["summary"]["message"]
+    assert status.get("restarts", 0) == 0
