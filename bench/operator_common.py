@@ -35,6 +35,8 @@ def bench_cluster(name: str = "th-bench", *, pool_nodes: int = 8, gpus_per_node:
         create_pool(cluster, count=pool_nodes, gpus_per_node=gpus_per_node)
         yield cluster
     finally:
+        for namespace in _namespaces:
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
         if not external:
             kwok_cluster.stop_cluster(name, bin_dir)
 
@@ -89,8 +91,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_namespaces: list[str] = []
+
+
 def new_namespace(cluster, prefix: str) -> str:
-    return cluster.create_namespace(f"{prefix}-{secrets.token_hex(3)}")
+    """A fresh namespace, deleted (with everything in it) when bench_cluster ends."""
+    name = cluster.create_namespace(f"{prefix}-{secrets.token_hex(3)}")
+    _namespaces.append(name)
+    return name
 
 
 class PodWatch:

@@ -271,10 +271,16 @@ class JobReconciler:
         old_status = job.get("status") or {}
         pods = self.kube.list_job_pods(namespace, name)
         service = configmap = {}
-        building = old_status.get("phase") not in st.FINISHED_PHASES and not st.condition_is_true(
-            old_status.get("conditions"), st.CREATED
+        attempt = int(old_status.get("attempt") or 0)
+        gang_started = any(rc.pod_attempt(pod) == attempt for pod in pods)
+        building = (
+            old_status.get("phase") not in st.FINISHED_PHASES
+            and not st.condition_is_true(old_status.get("conditions"), st.CREATED)
+            and not gang_started
         )
-        if building:  # only needed while a gang is being created; afterwards they are known to exist
+        # Read only before a gang's first pod is created: the Service and ConfigMap are created before the pods
+        # (and the ConfigMap must match the spec then); once a pod exists they are known to exist.
+        if building:
             service = self.kube.get_service(namespace, name)
             configmap = self.kube.get_configmap(namespace, f"{name}-params")
         now = self.clock()
