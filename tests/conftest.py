@@ -111,7 +111,7 @@ class _SessionCluster:
                     kwok_cluster.stop_clusters_of_dead_processes(prefix)
                 cls.owned_name = f"{SESSION_CLUSTER_PREFIX}{os.getpid()}"
                 _stop_on_sigterm()
-                cls.cluster = kwok_cluster.start_cluster(cls.owned_name, bin_dir)
+                cls.cluster = _start_with_one_retry(cls.owned_name, bin_dir)
         except (kwok_cluster.ControlPlaneUnavailable, OSError, subprocess.SubprocessError) as error:
             cls.cluster, cls.error = None, f"the test cluster did not start: {error}"
 
@@ -120,6 +120,16 @@ class _SessionCluster:
         if cls.owned_name is not None:
             kwok_cluster.stop_cluster(cls.owned_name, _lookup_bin_dir()[0])
             cls.owned_name = cls.cluster = None
+
+
+def _start_with_one_retry(name: str, bin_dir: Path) -> kwok_cluster.KwokCluster:
+    # On a loaded 2-core machine a start has been seen to miss its deadline once and pass at once
+    # on the next try; a second failure is real and is reported with the component logs.
+    try:
+        return kwok_cluster.start_cluster(name, bin_dir)
+    except kwok_cluster.ControlPlaneUnavailable as first:
+        print(f"\ntest cluster: first start failed, retrying once: {first}", file=sys.stderr)
+        return kwok_cluster.start_cluster(name, bin_dir)
 
 
 def pytest_runtestloop(session: pytest.Session) -> None:

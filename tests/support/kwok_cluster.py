@@ -185,7 +185,7 @@ class KwokCluster:
         """Processes of this cluster (every component's command line names the cluster's workdir)."""
         return _pids_mentioning(self.workdir) if self.workdir else set()
 
-    def wait_for_controllers(self, timeout: float = 120) -> None:
+    def wait_for_controllers(self, timeout: float = 240) -> None:
         """Waits until kube-scheduler and kube-controller-manager hold their leader leases (they act only then)."""
         deadline = time.monotonic() + timeout
         wanted = {"kube-scheduler", "kube-controller-manager"}
@@ -537,14 +537,19 @@ def start_cluster(
         result = subprocess.run(
             cmd, capture_output=True, text=True, env=_env_with_bin_dir(bin_dir), timeout=timeout + 60
         )
-    if result.returncode != 0:
+    def keep_logs_and_stop() -> Path:
         if failed_logs_dir is None:
             _prune_oldest(kwok_workdir() / "failed-logs", keep=19)
-            failed_logs_dir = kwok_workdir() / "failed-logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
-        kept_logs = failed_logs_dir
+            kept = kwok_workdir() / "failed-logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        else:
+            kept = failed_logs_dir
         if (workdir / "logs").is_dir():
-            shutil.copytree(workdir / "logs", kept_logs, dirs_exist_ok=True)
+            shutil.copytree(workdir / "logs", kept, dirs_exist_ok=True)
         stop_cluster(name, bin_dir)  # also after a failed start: leave no process behind
+        return kept
+
+    if result.returncode != 0:
+        kept_logs = keep_logs_and_stop()
         output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise ControlPlaneUnavailable(
             f"kwokctl create cluster {name} failed (exit {result.returncode}); component logs kept in {kept_logs}:\n{output}"
@@ -553,9 +558,12 @@ def start_cluster(
         cluster.wait_for_controllers()
         cluster.create_gpu_nodes(nodes, gpus_per_node)
     except BaseException as error:
+        if isinstance(error, (subprocess.SubprocessError, TimeoutError, ControlPlaneUnavailable)):
+            kept_logs = keep_logs_and_stop()
+            raise ControlPlaneUnavailable(
+                f"cluster {name} started but did not become usable: {error}; component logs kept in {kept_logs}"
+            ) from error
         stop_cluster(name, bin_dir)
-        if isinstance(error, (subprocess.SubprocessError, TimeoutError)):
-            raise ControlPlaneUnavailable(f"cluster {name} started but did not become usable: {error}") from error
         raise
     return cluster
 
