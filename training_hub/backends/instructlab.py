@@ -219,11 +219,100 @@ def checkpoint_state(ckpt_output_dir: str | os.PathLike[str]) -> dict[Path, floa
             for p in find_checkpoints(ckpt_output_dir)}
 
 
-def latest_full_state_epoch(ckpt_output_dir: str | os.PathLike[str]) -> int | None:
-    """The epoch of the newest `<ckpt>/full_state/epoch_N`: a run in this directory resumes from it."""
+FULL_STATE_METADATA = "training_metadata.json"
+# Beside `full_state`, not inside it: instructlab sorts every entry of `full_state` by the integer after
+# its last "_" (`int(str(path).rsplit("_", 1)[-1])`), so any other name there would crash its resume.
+INCOMPLETE_FULL_STATES_DIR = "full_state_incomplete"
+
+
+def _full_state_epoch_dirs(ckpt_output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Every `<ckpt>/full_state/epoch_N` folder, newest epoch first."""
     root = Path(ckpt_output_dir) / "full_state"
-    epochs = [int(m[1]) for p in (root.iterdir() if root.is_dir() else ()) if (m := re.fullmatch(r"epoch_(\d+)", p.name))]
-    return max(epochs) if epochs else None
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(m[1]), p) for p in entries if (m := re.fullmatch(r"epoch_(\d+)", p.name)) and p.is_dir()]
+    return sorted(found, reverse=True)
+
+
+def _read_full_state_metadata(state_dir: Path) -> dict[str, Any] | None:
+    """The metadata of a complete full state; None if the save never finished.
+
+    instructlab-training 0.16.2 (`utils.save_full_state`) writes the folder with `accelerator.save_state`
+    (every rank's model/optimizer shards, scheduler, RNG states), then the main process writes
+    `training_metadata.json` (a torch pickle) as the last file. A save cut short leaves it missing or
+    truncated, and its resume (`load_latest_full_state`) would crash on that folder.
+    """
+    try:
+        import torch
+
+        metadata = torch.load(state_dir / FULL_STATE_METADATA, weights_only=True)
+    except Exception:  # missing, truncated, or moved away meanwhile
+        return None
+    if not isinstance(metadata, dict) or not {"current_epoch", "samples_seen"} <= metadata.keys():
+        return None  # instructlab's resume reads both keys
+    return metadata
+
+
+def full_state_is_complete(state_dir: str | os.PathLike[str]) -> bool:
+    """Whether a `full_state/epoch_N` folder holds a finished save (its metadata, written last, is readable)."""
+    return _read_full_state_metadata(Path(state_dir)) is not None
+
+
+def latest_full_state_epoch(ckpt_output_dir: str | os.PathLike[str]) -> int | None:
+    """The epoch of the newest complete `<ckpt>/full_state/epoch_N`: a run in this directory resumes from it."""
+    return next((epoch for epoch, path in _full_state_epoch_dirs(ckpt_output_dir) if full_state_is_complete(path)),
+                None)
+
+
+@dataclass(frozen=True)
+class SetAsideFullState:
+    epoch: int
+    source: Path
+    destination: Path | None  # None: another process moved it first
+
+
+def set_aside_incomplete_full_states(ckpt_output_dir: str | os.PathLike[str]) -> list[SetAsideFullState]:
+    """Move incomplete `full_state/epoch_N` folders newer than the newest complete one out of the way.
+
+    instructlab resumes from the highest epoch folder without checking it: a pod killed while saving
+    would make every later attempt crash on the half-written state. Each such folder is renamed (never
+    deleted) to `<ckpt>/full_state_incomplete/epoch_N-<UTC time>-<random>`; older folders are left alone
+    (instructlab never picks them). Safe when several processes do it at once on a shared volume: a
+    rename is atomic, and a folder another process moved first is counted with `destination=None`.
+    """
+    ckpt = Path(ckpt_output_dir)
+    moved: list[SetAsideFullState] = []
+    for epoch, path in _full_state_epoch_dirs(ckpt):
+        if full_state_is_complete(path):
+            break
+        aside_root = ckpt / INCOMPLETE_FULL_STATES_DIR
+        aside_root.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        destination = aside_root / f"{path.name}-{stamp}-{secrets.token_hex(3)}"
+        try:
+            os.rename(path, destination)  # same volume: atomic, no copying of a large state
+        except FileNotFoundError:
+            log.info("%s was already set aside by another process", path)
+            moved.append(SetAsideFullState(epoch, path, None))
+            continue
+        except OSError as exc:
+            raise RuntimeError(
+                f"{path} is an incomplete full state (its {FULL_STATE_METADATA} is missing or unreadable: the save "
+                f"was interrupted) and could not be moved to {destination}: {exc}; move or remove it, or "
+                "instructlab-training will crash trying to resume from it"
+            ) from exc
+        moved.append(SetAsideFullState(epoch, path, destination))
+    resume_epoch = latest_full_state_epoch(ckpt)
+    resume_from = "the start" if resume_epoch is None else f"the full state of epoch {resume_epoch}"
+    for item in moved:
+        if item.destination is not None:
+            log.warning(
+                "%s is an incomplete full state (no readable %s: its save was interrupted); moved it to %s. "
+                "Training resumes from %s.", item.source, FULL_STATE_METADATA, item.destination, resume_from,
+            )
+    return moved
 
 
 @dataclass(frozen=True)
@@ -232,8 +321,8 @@ class FullState:
 
     epoch: int
     global_step: int | None  # set for an on-demand (mid-epoch) save; None at the end of an epoch
-    saved_at: float  # mtime of its metadata, 0 when the metadata is missing/unreadable
-    readable: bool
+    saved_at: float  # mtime of its metadata
+    readable: bool = True  # always: only complete states are read
 
     @property
     def epoch_complete(self) -> bool:
@@ -241,18 +330,17 @@ class FullState:
 
 
 def read_full_state(ckpt_output_dir: str | os.PathLike[str]) -> FullState | None:
-    """What `<ckpt>/full_state/epoch_N/training_metadata.json` (a torch pickle, despite its name) says."""
-    epoch = latest_full_state_epoch(ckpt_output_dir)
-    if epoch is None:
-        return None
-    metadata_path = Path(ckpt_output_dir) / "full_state" / f"epoch_{epoch}" / "training_metadata.json"
-    try:
-        import torch
-
-        metadata = torch.load(metadata_path, weights_only=True)
-        return FullState(epoch, metadata.get("global_step"), metadata_path.stat().st_mtime, True)
-    except Exception:  # missing or half-written: treat as not resumable from an epoch end
-        return FullState(epoch, None, 0.0, False)
+    """What the newest complete `<ckpt>/full_state/epoch_N/training_metadata.json` (a torch pickle) says."""
+    for epoch, path in _full_state_epoch_dirs(ckpt_output_dir):
+        metadata = _read_full_state_metadata(path)
+        if metadata is None:
+            continue
+        try:
+            saved_at = (path / FULL_STATE_METADATA).stat().st_mtime
+        except OSError:
+            continue  # moved away since
+        return FullState(epoch, metadata.get("global_step"), saved_at, True)
+    return None
 
 
 def log_path_for(ckpt_output_dir: str | os.PathLike[str], node_rank: int) -> Path:
@@ -284,7 +372,7 @@ class TrainingResult:
     metrics_path: Path | None
     log_path: Path  # torchrun's output for this node
     node_rank: int = 0
-    resumed_from_epoch: int | None = None  # a full state of this epoch existed before the run
+    resumed_from_epoch: int | None = None  # a complete full state of this epoch existed before the run
     torchrun_args: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -386,6 +474,11 @@ class InstructLabTrainingSFTBackend(Backend):
                 f"torchrun not found on PATH nor next to {sys.executable}; install torch in this environment "
                 "(it provides torchrun) or put its bin directory on PATH"
             )
+        if node_rank == 0:
+            # The rendezvous waits for every node, this one included, so no rank loads a state before this is
+            # done. Other nodes leave the folders alone: on a volume they do not share, their epoch folders
+            # never hold the metadata (global rank 0 writes it), yet instructlab still needs them there.
+            set_aside_incomplete_full_states(ckpt)
         state_before = read_full_state(ckpt)
         if state_before is not None:
             log.info("%s holds a full state of epoch %d: training resumes from it", ckpt, state_before.epoch)

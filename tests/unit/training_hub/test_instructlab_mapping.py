@@ -171,10 +171,18 @@ def test_checkpoints_in_training_order(tmp_path):
 
 def test_latest_full_state_epoch(tmp_path):
     assert latest_full_state_epoch(tmp_path) is None
+    import torch
+
     for epoch in (0, 2, 1):
         (tmp_path / "full_state" / f"epoch_{epoch}").mkdir(parents=True)
+        torch.save({"current_epoch": epoch, "samples_seen": 8}, tmp_path / "full_state" / f"epoch_{epoch}" /
+                   "training_metadata.json")
     (tmp_path / "full_state" / "other").mkdir()
     assert latest_full_state_epoch(tmp_path) == 2
+    (tmp_path / "full_state" / "epoch_3").mkdir()  # a save still in progress (or cut short): no metadata yet
+    assert latest_full_state_epoch(tmp_path) == 2
+    (tmp_path / "full_state" / "epoch_2" / "training_metadata.json").write_bytes(b"PK\x03\x04")  # truncated
+    assert latest_full_state_epoch(tmp_path) == 1
 
 
 def test_exit_status_from_torchrun_log():

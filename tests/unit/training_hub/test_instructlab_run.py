@@ -184,7 +184,7 @@ def test_missing_torchrun_fails_before_data_processing(tiny_model, chat_data, tm
 
 def test_finished_run_returns_checkpoints_metrics_and_resume_point(tiny_model, chat_data, tmp_path):
     ckpt = tmp_path / "ckpt"
-    (ckpt / "full_state" / "epoch_0").mkdir(parents=True)  # a previous attempt finished epoch 0
+    save_full_state_metadata(ckpt / "full_state" / "epoch_0", current_epoch=0, samples_seen=40)  # an earlier attempt
     with launcher_on_path(tmp_path / "bin", SUCCEED_WITH_CHECKPOINT):
         result = sft(**common(tiny_model, chat_data, ckpt, process_data=False))
     assert isinstance(result, TrainingResult)
