@@ -320,6 +320,7 @@ class _Reconciler:
         self.status: dict[str, Any] = copy.deepcopy(dict(self.old))
         self.result = Result(status=self.status)
         self.pods = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == self.name]
+        self._pods_left_after_suspend = 0  # set by _suspend: a suspend is still in progress until they are gone
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -412,7 +413,41 @@ class _Reconciler:
         if self.status.get("phase") in st.FINISHED_PHASES:
             self.status["nodesReady"] = 0
             self.status["nodes"] = f"0/{self.run_policy.nnodes}"
+        self._gitops_conditions()
         return self.result
+
+    def _gitops_conditions(self) -> None:
+        """Ready / Reconciling / Stalled from the phase, so kstatus (Flux) tells the truth.
+
+        Like kstatus's own rule for batch/v1 Job, a job is Current (Ready) once its gang runs, not only when it
+        has finished: a GitOps apply that waits for health must not wait hours for training. In progress while
+        the gang is being created, is pending, restarts or is still stopping for a suspend; Stalled when Failed.
+        """
+        phase = self.status.get("phase")
+        conditions = self.status.get("conditions")
+        if phase == st.FAILED:
+            failed = st.find_condition(conditions, st.FAILED) or {}
+            state, reason, message = "stalled", failed.get("reason") or "Failed", failed.get("message") or "the job failed"
+        elif phase == st.SUCCEEDED:
+            succeeded = st.find_condition(conditions, st.SUCCEEDED) or {}
+            state, reason, message = "ready", "Succeeded", succeeded.get("message") or "all pods succeeded"
+        elif phase == st.RUNNING:
+            running = st.find_condition(conditions, st.RUNNING) or {}
+            state, reason, message = "ready", "GangRunning", running.get("message") or "the gang runs"
+        elif phase == st.SUSPENDED:
+            suspended = st.find_condition(conditions, st.SUSPENDED) or {}
+            message = suspended.get("message") or "spec.suspend is true"
+            state, reason = ("reconciling", "Suspending") if self._pods_left_after_suspend else ("ready", "Suspended")
+        else:
+            created = st.find_condition(conditions, st.CREATED) or {}
+            if created.get("status") != "True" and created.get("message"):
+                message = created["message"]
+            else:
+                message = f"gang attempt {self.attempt}: {self.status.get('nodes', '0/?')} pod(s) ready"
+            state, reason = "reconciling", "GangRestarting" if phase == st.RESTARTING else "GangPending"
+        self._condition(st.READY, state == "ready", reason, message)
+        self._condition(st.RECONCILING, state == "reconciling", reason, message)
+        self._condition(st.STALLED, state == "stalled", reason, message)
 
     def _deadline_exceeded(self) -> bool:
         deadline = self.run_policy.active_deadline_seconds
@@ -465,6 +500,7 @@ class _Reconciler:
         if self._condition_reason(st.RUNNING) is not None or gang_exists:
             self._condition(st.RUNNING, False, "JobSuspended", "spec.suspend is true")
         remaining = self._delete_pods(self.pods, "JobSuspended")
+        self._pods_left_after_suspend = remaining
         if remaining:
             self._condition(st.SUSPENDED, True, "JobSuspended", f"spec.suspend is true; waiting for {remaining} pod(s) to stop")
 
@@ -567,6 +603,9 @@ class _Reconciler:
                 details.append(f"loss {summary['loss']}")
             if summary.get("resumed_from_epoch") is not None:
                 details.append(f"resumed from epoch {summary['resumed_from_epoch']}")
+            if self.spec.get("mode") == "Preflight" and summary.get("message"):
+                # What the preflight measured (rank 0's all-reduce bandwidth) is the point of running it.
+                details.append(str(summary["message"]))
             if details:
                 message += ": " + ", ".join(details)
         self._finish(True, "Succeeded", message)

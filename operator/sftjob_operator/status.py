@@ -15,7 +15,12 @@ RUNNING = "Running"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
-CONDITION_TYPES = (CREATED, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+# The kstatus conditions GitOps tools read (Flux, cli-utils kstatus; docs/operator.md "GitOps"), derived from the phase:
+# Reconciling and Stalled are abnormal-true, and Ready == not Reconciling and not Stalled.
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+CONDITION_TYPES = (CREATED, RUNNING, SUCCEEDED, FAILED, SUSPENDED, READY, RECONCILING, STALLED)
 
 # Phases.
 PENDING = "Pending"

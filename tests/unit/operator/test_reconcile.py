@@ -659,3 +659,177 @@ def test_a_spec_the_operator_cannot_render_fails_the_job_naming_the_field():
     assert result.status["phase"] == "Failed" and not creates(result)
     failed = condition(result.status, "Failed")
     assert failed["reason"] == "InvalidSpec" and "spec.training.numEpochs" in failed["message"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GitOps: the kstatus conditions (Ready, Reconciling, Stalled; docs/operator.md "GitOps")
+
+
+def kstatus(job: dict) -> str:
+    """kstatus's verdict for a custom resource (sigs.k8s.io/cli-utils pkg/kstatus/status, generic rules):
+    being deleted -> Terminating; observedGeneration behind generation -> InProgress; Reconciling=True ->
+    InProgress; Stalled=True -> Failed; otherwise Current."""
+    if job["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    status = job.get("status") or {}
+    if "observedGeneration" in status and status["observedGeneration"] != job["metadata"].get("generation"):
+        return "InProgress"
+    for c in status.get("conditions") or ():
+        if c["type"] == "Reconciling" and c["status"] == "True":
+            return "InProgress"
+        if c["type"] == "Stalled" and c["status"] == "True":
+            return "Failed"
+    return "Current"
+
+
+def assert_gitops_consistent(status: dict) -> None:
+    """Exactly one of Ready/Reconciling/Stalled is True, and the three agree on reason and message."""
+    trio = [condition(status, t) for t in ("Ready", "Reconciling", "Stalled")]
+    assert all(trio), status.get("conditions")
+    assert [c["status"] for c in trio].count("True") == 1
+    assert len({(c["reason"], c["message"]) for c in trio}) == 1
+    assert all(c["observedGeneration"] == status["observedGeneration"] for c in trio)
+
+
+def gitops(status: dict) -> tuple[str, str]:
+    assert_gitops_consistent(status)
+    [true] = [c for c in (condition(status, t) for t in ("Ready", "Reconciling", "Stalled")) if c["status"] == "True"]
+    return true["type"], true["reason"]
+
+
+def test_gitops_conditions_while_the_gang_is_created_pending_and_running():
+    job = make_job(4)
+    creating = run(job, service=None)
+    assert gitops(creating.status) == ("Reconciling", "GangPending")
+    assert "creating 4 of 4" in condition(creating.status, "Reconciling")["message"]
+    assert kstatus(applied(job, creating)) == "InProgress"
+
+    job = applied(job, creating)
+    pending = run(job, gang(phase="Pending"))
+    assert gitops(pending.status) == ("Reconciling", "GangPending")
+    assert condition(pending.status, "Ready")["status"] == "False"
+    assert kstatus(applied(job, pending)) == "InProgress"
+
+    job = applied(job, pending)
+    running = run(job, gang())
+    # Like kstatus's batch/v1 Job rule: a running gang is Current, so a GitOps wait does not block on training.
+    assert gitops(running.status) == ("Ready", "GangRunning")
+    assert "all 4 pod(s)" in condition(running.status, "Ready")["message"]
+    assert kstatus(applied(job, running)) == "Current"
+    # the existing conditions are unchanged
+    assert condition(running.status, "Created")["status"] == "True" and condition(running.status, "Running")["status"] == "True"
+
+
+def test_gitops_conditions_through_a_restart_and_its_backoff():
+    job = running_job(backoffLimit=3)
+    ready_since = condition(job["status"], "Ready")["lastTransitionTime"]
+    pods = gang()
+    pods[1] = make_pod(1, phase="Failed", exit_code=1, message="boom")
+    restarting = run(job, pods, now=NOW + timedelta(seconds=1))
+    assert gitops(restarting.status) == ("Reconciling", "GangRestarting")
+    assert "restarting the whole gang" in condition(restarting.status, "Reconciling")["message"]
+    assert condition(restarting.status, "Ready")["lastTransitionTime"] != ready_since
+    job = applied(job, restarting)
+    assert kstatus(job) == "InProgress"
+
+    backing_off = run(job, [], now=NOW + timedelta(seconds=5))
+    assert gitops(backing_off.status) == ("Reconciling", "GangRestarting")
+    assert "backing off" in condition(backing_off.status, "Reconciling")["message"]
+
+
+@pytest.mark.parametrize(
+    "failed_pod, reason",
+    [
+        (make_pod(0, phase="Failed", exit_code=78, message="bad params"), "InvalidConfig"),
+        (make_pod(2, phase="Failed", exit_code=1, message="boom"), "BackoffLimitExceeded"),
+    ],
+)
+def test_gitops_failed_job_is_stalled_with_the_reason(failed_pod, reason):
+    job = running_job(backoffLimit=0)
+    pods = gang()
+    pods[rc.pod_rank(failed_pod)] = failed_pod
+    result = run(job, pods)
+    assert result.status["phase"] == "Failed"
+    assert gitops(result.status) == ("Stalled", reason)
+    stalled = condition(result.status, "Stalled")
+    assert stalled["message"] == condition(result.status, "Failed")["message"] and stalled["message"]
+    assert kstatus(applied(job, result)) == "Failed"
+    # a finished job stays Stalled on later reconciles, writing nothing new
+    job = applied(job, result)
+    assert rc.status_patch(job["status"], run(job, pods, now=NOW + timedelta(minutes=1)).status) is None
+
+
+def test_gitops_deadline_exceeded_is_stalled():
+    job = running_job(activeDeadlineSeconds=60)
+    result = run(job, gang(), now=NOW + timedelta(seconds=61))
+    assert gitops(result.status) == ("Stalled", "DeadlineExceeded")
+
+
+def test_gitops_succeeded_job_is_ready_with_the_outcome():
+    job = running_job()
+    summary = {"outcome": "succeeded", "message": "done", "final_checkpoint": "/ckpt/hf_format/samples_80", "loss": 0.5}
+    pods = [make_pod(r, phase="Succeeded", exit_code=0, message=json.dumps(summary) if r == 0 else "{}") for r in range(4)]
+    result = run(job, pods)
+    assert gitops(result.status) == ("Ready", "Succeeded")
+    assert condition(result.status, "Ready")["message"] == condition(result.status, "Succeeded")["message"]
+    assert "/ckpt/hf_format/samples_80" in condition(result.status, "Ready")["message"]
+    assert kstatus(applied(job, result)) == "Current"
+
+
+def test_gitops_suspend_is_in_progress_until_the_pods_are_gone():
+    job = running_job()
+    job["spec"]["suspend"] = True
+    job["metadata"]["generation"] = 2
+    assert kstatus(job) == "InProgress"  # the operator has not seen generation 2 yet
+    stopping = run(job, gang())
+    assert gitops(stopping.status) == ("Reconciling", "Suspending")
+    assert "waiting for 4 pod(s)" in condition(stopping.status, "Reconciling")["message"]
+    job = applied(job, stopping)
+    assert kstatus(job) == "InProgress"
+
+    parked = run(job, [])
+    assert gitops(parked.status) == ("Ready", "Suspended")
+    assert kstatus(applied(job, parked)) == "Current"
+
+
+def test_gitops_created_suspended_is_ready_at_once():
+    result = run(make_job(2, suspend=True), service=None)
+    assert gitops(result.status) == ("Ready", "Suspended")
+
+
+def test_gitops_api_error_keeps_the_job_reconciling_with_the_error():
+    job = applied(make_job(2), run(make_job(2), service=None))
+    job["status"]["conditions"] = st.set_condition(
+        job["status"]["conditions"], "Created", False, "CreateFailed", "pods is forbidden: exceeded quota", now=NOW, generation=1
+    )
+    result = run(job, [])
+    assert gitops(result.status) == ("Reconciling", "GangPending")
+    assert "exceeded quota" in condition(result.status, "Reconciling")["message"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preflight mode
+
+
+def test_preflight_success_says_what_rank0_measured():
+    job = running_job(2, mode="Preflight")
+    measured = (
+        "all-reduce sum correct on every rank (node rank 0 of 2); 2 ranks (gloo): 67108864 bytes, "
+        "algbw 1.234 GB/s, busbw 1.234 GB/s"
+    )
+    pods = [
+        make_pod(0, phase="Succeeded", exit_code=0, message=json.dumps({"outcome": "succeeded", "message": measured})),
+        make_pod(1, phase="Succeeded", exit_code=0, message=json.dumps({"outcome": "succeeded", "message": "rank 1"})),
+    ]
+    result = run(job, pods)
+    succeeded = condition(result.status, "Succeeded")
+    assert succeeded["status"] == "True"
+    assert succeeded["message"] == "all pods succeeded: " + measured
+    assert "rank 1" not in succeeded["message"]
+    assert result.status["summary"]["message"] == measured
+
+
+def test_training_success_does_not_repeat_the_summary_message():
+    job = running_job(2)
+    pods = [make_pod(r, phase="Succeeded", exit_code=0, message=json.dumps({"outcome": "succeeded", "message": "done"})) for r in range(2)]
+    assert condition(run(job, pods).status, "Succeeded")["message"] == "all pods succeeded"
