@@ -173,36 +173,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def terminate_pod(cluster, namespace: str, name: str, exit_code: int, *, reason: str | None = None,
-                  message: str = "") -> None:
-    """Ends a pod as a kubelet would, keeping the termination message also on exit 0 (the success summary)."""
-    pod = cluster.kubectl_json("get", "pod", name, "-n", namespace)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    terminated = {
-        "exitCode": exit_code,
-        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-        "startedAt": (pod.get("status") or {}).get("startTime", now),
-        "finishedAt": now,
-        "containerID": f"kwok://{name}",
-    }
-    if message:
-        terminated["message"] = message
-    container = pod["spec"]["containers"][0]
-    phase = "Succeeded" if exit_code == 0 else "Failed"
-    status = {
-        "phase": phase,
-        "conditions": [{"type": t, "status": "False", "reason": "PodCompleted" if exit_code == 0 else "PodFailed",
-                        "lastTransitionTime": now} for t in ("Ready", "ContainersReady")],
-        "containerStatuses": [{
-            "name": container["name"], "image": container.get("image", ""), "imageID": "",
-            "containerID": f"kwok://{name}", "ready": False, "started": False, "restartCount": 0,
-            "state": {"terminated": terminated},
-        }],
-    }
-    cluster.kubectl("patch", "pod", name, "-n", namespace, "--subresource=status", "--type=strategic",
-                    "-p", json.dumps({"status": status}))
-
-
 def shared_volume(cluster, namespace: str, claim: str = "shared") -> dict[str, Any]:
     """A bound ReadWriteMany PVC (NFS-backed PV: kwok never mounts it; the scheduler needs it bound)."""
     pv_name = f"{namespace}-{claim}"[:63]

@@ -209,7 +209,7 @@ def test_set_pod_terminated_is_seen_through_the_api_and_sticks(cluster: KwokClus
     cluster.wait_for_pod(namespace, "done", _is_running)
 
     cluster.set_pod_terminated(namespace, "oom", 137, reason="OOMKilled", message="rank 0 ran out of memory")
-    cluster.set_pod_terminated(namespace, "done", 0)
+    cluster.set_pod_terminated(namespace, "done", 0, message='{"outcome": "succeeded"}')  # a success summary
     time.sleep(3)  # give kwok's stages a chance to fight the patch
 
     with cluster.api_client() as api_client:
@@ -220,9 +220,9 @@ def test_set_pod_terminated_is_seen_through_the_api_and_sticks(cluster: KwokClus
     [state] = [s.state.terminated for s in oom.status.container_statuses]
     assert (state.exit_code, state.reason, state.message) == (137, "OOMKilled", "rank 0 ran out of memory")
     assert done.status.phase == "Succeeded"
-    assert sorted((s.name, s.state.terminated.exit_code) for s in done.status.container_statuses) == [
-        ("sidecar", 0),
-        ("trainer", 0),
+    assert sorted((s.name, s.state.terminated.exit_code, s.state.terminated.message) for s in done.status.container_statuses) == [
+        ("sidecar", 0, '{"outcome": "succeeded"}'),
+        ("trainer", 0, '{"outcome": "succeeded"}'),
     ]
 
 
@@ -241,6 +241,7 @@ def test_set_pod_terminated_with_one_failing_container_fails_the_pod(cluster: Kw
     assert terminated["trainer"]["reason"] == "Error"
     assert terminated["trainer"]["message"] == "loss is NaN"
     assert terminated["sidecar"]["exitCode"] == 0
+    assert "message" not in terminated["sidecar"]  # not named in exit_code: it wrote nothing
     with pytest.raises(ValueError, match="nope"):
         cluster.set_pod_terminated(namespace, "mixed", {"nope": 1})
 

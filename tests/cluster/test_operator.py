@@ -26,7 +26,6 @@ from tests.cluster.operator_harness import (
     job_pods,
     shared_volume,
     sftjob,
-    terminate_pod,
     wait_until,
 )
 
@@ -146,7 +145,7 @@ def test_a_failed_pod_restarts_the_whole_gang_with_a_new_rdzv_id(cluster, namesp
     old_uids = {p["metadata"]["uid"] for p in before}
     old_rdzv = env_of(before[0])["TRAINING_HUB_RDZV_ID"]
 
-    terminate_pod(cluster, namespace, "retry-node-2", 1, message=json.dumps({"outcome": "failed", "message": "NCCL timeout"}))
+    cluster.set_pod_terminated(namespace, "retry-node-2", 1, message=json.dumps({"outcome": "failed", "message": "NCCL timeout"}))
     after = wait_gang_running(cluster, namespace, "retry", 4, attempt=1)
 
     assert not old_uids & {p["metadata"]["uid"] for p in after}, "every pod of the gang is replaced"
@@ -164,9 +163,9 @@ def test_a_failed_pod_restarts_the_whole_gang_with_a_new_rdzv_id(cluster, namesp
 def test_backoff_limit_exhausted_fails_the_job_and_leaves_no_pods(cluster, namespace, operator):
     apply(cluster, sftjob("flaky", namespace, nnodes=2, backoffLimit=1, cleanPodPolicy="All"))
     wait_gang_running(cluster, namespace, "flaky", 2)
-    terminate_pod(cluster, namespace, "flaky-node-1", 1)
+    cluster.set_pod_terminated(namespace, "flaky-node-1", 1)
     wait_gang_running(cluster, namespace, "flaky", 2, attempt=1)
-    terminate_pod(cluster, namespace, "flaky-node-0", 137, reason="OOMKilled")
+    cluster.set_pod_terminated(namespace, "flaky-node-0", 137, reason="OOMKilled")
 
     job = wait_phase(cluster, namespace, "flaky", "Failed")
     failed = condition(job, "Failed")
@@ -183,7 +182,7 @@ def test_invalid_config_exit_fails_the_job_at_once_with_the_message(cluster, nam
     apply(cluster, sftjob("badcfg", namespace, nnodes=3, backoffLimit=5))
     wait_gang_running(cluster, namespace, "badcfg", 3)
     summary = {"outcome": "invalid_config", "message": "dataPath /shared/data/train.jsonl: no such file"}
-    terminate_pod(cluster, namespace, "badcfg-node-0", 78, message=json.dumps(summary))
+    cluster.set_pod_terminated(namespace, "badcfg-node-0", 78, message=json.dumps(summary))
 
     job = wait_phase(cluster, namespace, "badcfg", "Failed", timeout=30)
     failed = condition(job, "Failed")
@@ -200,10 +199,10 @@ def test_all_pods_succeeded_sets_succeeded_with_the_summary(cluster, namespace, 
     wait_gang_running(cluster, namespace, "done", 2)
     summary = {"outcome": "succeeded", "message": "training finished", "final_checkpoint": "/shared/checkpoints/run/hf_format/samples_2560",
                "epoch": 2, "step": 80, "loss": 0.87, "resumed_from_epoch": 1}
-    terminate_pod(cluster, namespace, "done-node-1", 0)
+    cluster.set_pod_terminated(namespace, "done-node-1", 0)
     time.sleep(1)
     assert get_job(cluster, namespace, "done")["status"]["phase"] == "Running", "one finished rank does not end the job"
-    terminate_pod(cluster, namespace, "done-node-0", 0, message=json.dumps(summary))
+    cluster.set_pod_terminated(namespace, "done-node-0", 0, message=json.dumps(summary))
 
     waited = cluster.kubectl("wait", "--for=condition=Succeeded", "--timeout=30s", "sftjob/done", "-n", namespace, check=False)
     assert waited.returncode == 0, waited.stderr
@@ -250,7 +249,7 @@ def test_ttl_after_finished_deletes_the_job_and_everything_it_owns(cluster, name
     apply(cluster, sftjob("brief", namespace, nnodes=2, ttlSecondsAfterFinished=2))
     wait_gang_running(cluster, namespace, "brief", 2)
     for rank in range(2):
-        terminate_pod(cluster, namespace, f"brief-node-{rank}", 0)
+        cluster.set_pod_terminated(namespace, f"brief-node-{rank}", 0)
     wait_phase(cluster, namespace, "brief", "Succeeded")
     wait_until(lambda: get_job(cluster, namespace, "brief") is None, 30, "the SFTJob deleted after its TTL")
     _wait_owned_objects_gone(cluster, namespace, "brief")

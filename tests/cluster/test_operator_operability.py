@@ -19,7 +19,6 @@ from tests.cluster.operator_harness import (
     get_job,
     install_crd,
     sftjob,
-    terminate_pod,
     wait_gang_running,
     wait_until,
 )
@@ -63,7 +62,7 @@ def test_metrics_and_liveness_probe(pool, cluster, namespace, tmp_path: Path):
 
         apply(cluster, sftjob("metered", namespace, nnodes=2, backoffLimit=3))
         wait_gang_running(cluster, namespace, "metered", 2)
-        terminate_pod(cluster, namespace, "metered-node-1", 137, reason="OOMKilled")
+        cluster.set_pod_terminated(namespace, "metered-node-1", 137, reason="OOMKilled")
         wait_gang_running(cluster, namespace, "metered", 2, attempt=1)
 
         def scraped():

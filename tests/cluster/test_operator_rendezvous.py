@@ -31,7 +31,6 @@ from tests.cluster.operator_harness import (
     env_of,
     get_job,
     install_crd,
-    terminate_pod,
     wait_gang_running,
     wait_phase,
 )
@@ -125,7 +124,7 @@ def test_preflight_example_gang_rendezvouses_all_reduces_and_the_job_succeeds(cl
         # The pods end as the kubelet would report these processes: the operator reads rank 0's summary.
         for pod in pods:
             rank = int(env_of(pod)["TRAINING_HUB_NODE_RANK"])
-            terminate_pod(cluster, namespace, pod["metadata"]["name"], results[rank][0], message=summaries[rank])
+            cluster.set_pod_terminated(namespace, pod["metadata"]["name"], results[rank][0], message=summaries[rank])
         wait_phase(cluster, namespace, name, "Succeeded", timeout=60)
         status = get_job(cluster, namespace, name)["status"]
     finally:

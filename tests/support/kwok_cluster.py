@@ -316,8 +316,11 @@ class KwokCluster:
     ) -> None:
         """Ends the pod as a kubelet would: terminated container states, then phase Succeeded or Failed.
 
-        `reason` (e.g. "OOMKilled", "Error", "Completed") and `message` (the termination message)
-        go on containers with a non-zero exit code; zero exit codes get reason "Completed".
+        `reason` (e.g. "OOMKilled", "Error") goes on containers with a non-zero exit code; zero exit codes get
+        reason "Completed". `message` is the termination message of the containers `exit_code` names (every
+        container for a plain int), whatever their exit code: a kubelet keeps what a container wrote to its
+        termination-message path on exit 0 too (the entrypoint's success summary); containers left to the
+        default exit code 0 get none.
         """
         pod = self._pod(namespace, name)
         containers = [c["name"] for c in pod["spec"]["containers"]]
@@ -326,8 +329,10 @@ class KwokCluster:
             if unknown:
                 raise ValueError(f"exit_code names containers {sorted(unknown)}; pod {name} has {containers}")
             codes = {c: int(exit_code.get(c, 0)) for c in containers}
+            with_message = set(exit_code)
         else:
             codes = {c: int(exit_code) for c in containers}
+            with_message = set(containers)
         now = _now()
         started = pod.get("status", {}).get("startTime", now)
         images = {c["name"]: c.get("image", "") for c in pod["spec"]["containers"]}
@@ -340,7 +345,7 @@ class KwokCluster:
                 "finishedAt": now,
                 "containerID": f"kwok://{name}-{container}",
             }
-            if message and code != 0:
+            if message and container in with_message:
                 terminated["message"] = message
             statuses.append(
                 {
