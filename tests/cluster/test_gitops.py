@@ -65,6 +65,15 @@ def reconciled(cluster, namespace: str, name: str):
     return job if status.get("phase") and status.get("observedGeneration") == job["metadata"]["generation"] else None
 
 
+def kstatus_verdict(job: dict) -> tuple[str, str]:
+    """The one True condition of Ready/Reconciling/Stalled and its reason (what kstatus, hence Flux, reads)."""
+    trio = {t: condition(job, t) or {} for t in ("Ready", "Reconciling", "Stalled")}
+    true = [t for t, c in trio.items() if c.get("status") == "True"]
+    assert len(true) == 1 and all(trio.values()), trio
+    assert job["status"]["observedGeneration"] == job["metadata"]["generation"]
+    return true[0], trio[true[0]]["reason"]
+
+
 @pytest.mark.timeout(300)
 def test_sftjob_reapplied_shows_no_drift_and_the_operator_owns_only_status(cluster, gitops_namespace, operator):
     manifest = yaml.safe_dump(sftjob_manifest("gitops-job", nnodes=2))
@@ -132,12 +141,29 @@ def test_argocd_health_of_the_live_status_through_a_run(cluster, gitops_namespac
                        and (j.get("status") or {}).get("phase") == "Running" and j, timeout=120, log_path=operator)
     health = argocd_health(running)
     assert health["status"] == "Progressing" and "nodes ready 2/2" in health["message"]
+    assert kstatus_verdict(running) == ("Ready", "GangRunning")  # kstatus: Current, as for a running batch/v1 Job
 
     for pod in job_pods(cluster, gitops_namespace, name):
         cluster.set_pod_terminated(gitops_namespace, pod["metadata"]["name"], 0)
     done = wait_for("Succeeded", lambda: (j := get_json(cluster, "sftjob", "-n", gitops_namespace, name))
                     and (condition(j, "Succeeded") or {}).get("status") == "True" and j, timeout=120, log_path=operator)
     assert argocd_health(done)["status"] == "Healthy"
+    assert kstatus_verdict(done) == ("Ready", "Succeeded")
+
+
+@pytest.mark.timeout(300)
+def test_failed_job_is_stalled_for_kstatus_and_degraded_for_argocd(cluster, gitops_namespace, operator):
+    name = "stalled-job"
+    apply_server_side(cluster, gitops_namespace, yaml.safe_dump(sftjob_manifest(name, nnodes=1)))
+    wait_for("Running", lambda: (j := get_json(cluster, "sftjob", "-n", gitops_namespace, name))
+             and (j.get("status") or {}).get("phase") == "Running", timeout=120, log_path=operator)
+    summary = {"outcome": "invalid_config", "message": "maxTokensPerGpu must be >= maxSeqLen"}
+    cluster.set_pod_terminated(gitops_namespace, f"{name}-node-0", 78, message=json.dumps(summary))
+    failed = wait_for("Failed", lambda: (j := reconciled(cluster, gitops_namespace, name))
+                      and j["status"]["phase"] == "Failed" and j, timeout=120, log_path=operator)
+    assert kstatus_verdict(failed) == ("Stalled", "InvalidConfig")
+    assert condition(failed, "Stalled")["message"] == "maxTokensPerGpu must be >= maxSeqLen"
+    assert argocd_health(failed)["status"] == "Degraded"
 
 
 @pytest.mark.timeout(300)
@@ -148,6 +174,7 @@ def test_suspended_job_is_suspended_for_argocd(cluster, gitops_namespace, operat
                    and j["status"]["phase"] == "Suspended" and j, timeout=120, log_path=operator)
     assert job_pods(cluster, gitops_namespace, name) == []
     assert argocd_health(job)["status"] == "Suspended"
+    assert kstatus_verdict(job) == ("Ready", "Suspended")
 
 
 @pytest.mark.timeout(300)
