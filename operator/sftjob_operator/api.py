@@ -114,13 +114,19 @@ FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 
 
 class ConditionType(str, Enum):
-    """Condition types an SFTJob reports (metav1.Condition style, so `kubectl wait --for=condition=X` works)."""
+    """Condition types an SFTJob reports (metav1.Condition style, so `kubectl wait --for=condition=X` works).
+
+    Ready, Reconciling and Stalled follow kstatus (Flux): derived from the phase, exactly one is True.
+    """
 
     CREATED = "Created"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class CleanPodPolicy(str, Enum):
@@ -622,7 +628,7 @@ class Condition(_StatusModel):
     """A metav1.Condition: one aspect of the job's state."""
 
     type: str = Field(
-        min_length=1, max_length=316, description="Created, Running, Succeeded, Failed or Suspended."
+        min_length=1, max_length=316, description="Created, Running, Succeeded, Failed, Suspended, or the kstatus conditions Ready, Reconciling, Stalled."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(
@@ -680,7 +686,7 @@ class SFTJobStatus(_StatusModel):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Latest observations (Created, Running, Succeeded, Failed, Suspended).",
+        description="Latest observations (Created, Running, Succeeded, Failed, Suspended; Ready, Reconciling, Stalled for kstatus/Flux).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(

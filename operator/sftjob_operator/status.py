@@ -9,23 +9,24 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-# Condition types (docs/architecture.md, "Status").
-CREATED = "Created"
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-SUSPENDED = "Suspended"
+from sftjob_operator.api import ConditionType, Phase
+
+# Plain-string names of the API's enums (the status is handled as JSON dicts here).
+CREATED = ConditionType.CREATED.value
+RUNNING = ConditionType.RUNNING.value
+SUCCEEDED = ConditionType.SUCCEEDED.value
+FAILED = ConditionType.FAILED.value
+SUSPENDED = ConditionType.SUSPENDED.value
 # The kstatus conditions GitOps tools read (Flux, cli-utils kstatus; docs/operator.md "GitOps"), derived from the phase:
 # Reconciling and Stalled are abnormal-true, and Ready == not Reconciling and not Stalled.
-READY = "Ready"
-RECONCILING = "Reconciling"
-STALLED = "Stalled"
-CONDITION_TYPES = (CREATED, RUNNING, SUCCEEDED, FAILED, SUSPENDED, READY, RECONCILING, STALLED)
+READY = ConditionType.READY.value
+RECONCILING = ConditionType.RECONCILING.value
+STALLED = ConditionType.STALLED.value
+CONDITION_TYPES = tuple(condition.value for condition in ConditionType)
 
-# Phases.
-PENDING = "Pending"
-RESTARTING = "Restarting"
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Restarting")
+PENDING = Phase.PENDING.value
+RESTARTING = Phase.RESTARTING.value
+PHASES = tuple(phase.value for phase in Phase)
 FINISHED_PHASES = (SUCCEEDED, FAILED)
 
 MAX_MESSAGE_CHARS = 1024  # keep status and events readable; the full text is in the pod

@@ -257,7 +257,9 @@ def test_status_rejects_unknown_phase_and_condition_status():
 
 def test_phase_and_condition_enums_match_the_contract():
     assert [p.value for p in api.Phase] == ["Pending", "Running", "Succeeded", "Failed", "Suspended", "Restarting"]
-    assert [c.value for c in api.ConditionType] == ["Created", "Running", "Succeeded", "Failed", "Suspended"]
+    assert [c.value for c in api.ConditionType] == [
+        "Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Reconciling", "Stalled"
+    ]
 
 
 def test_reserved_env_names_are_the_launch_contract_variables():
