@@ -577,6 +577,9 @@ def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, 
     """Deletes the cluster and ends every process it started, even if kwokctl's own bookkeeping is broken."""
     workdir = cluster_dir(name)
     bin_dir = bin_dir or find_bin_dir()
+    # Taken before kwokctl signals them: an exiting process loses its command line before it is gone,
+    # so a scan made afterwards can miss one that is still running down.
+    started = _pids_mentioning(workdir)
     if bin_dir is not None:
         subprocess.run(
             # kwokctl refuses an empty --kubeconfig here; a file of its own keeps ~/.kube/config untouched.
@@ -586,7 +589,7 @@ def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, 
         )
     # kwokctl has signalled its processes; give them `grace` to exit, then TERM, then KILL. A killed
     # process can still take a while to go (etcd blocked in fsync on a busy disk): wait for it.
-    leftovers = _wait_until_gone(_pids_mentioning(workdir), grace)
+    leftovers = _wait_until_gone(started | _pids_mentioning(workdir), grace)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 60)):
         if not leftovers:
             break
