@@ -19,9 +19,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Collection, Mapping
+from typing import Annotated, Any, Callable, ClassVar, Collection, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 DEFAULT_BACKEND = "instructlab-training"
@@ -209,6 +209,17 @@ class SFTParams(_CamelModel):
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
 
 
+def _check_host_port(value: str) -> str:
+    match = _HOST_PORT.match(value)
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError('must be "host:port" with a port in 1..65535')
+    return value
+
+
+# Part of the type, so the per-field validation in `parse_train_kwargs` runs it too.
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+
+
 class DistributedParams(_CamelModel):
     """Where this process sits in the gang. In a cluster the operator sets these per pod."""
 
@@ -227,20 +238,10 @@ class DistributedParams(_CamelModel):
         description="Unique job ID for rendezvous; all nodes must use the same ID. Random when omitted "
         "(single node only).",
     )
-    rdzv_endpoint: str | None = Field(
+    rdzv_endpoint: HostPort | None = Field(
         default=None,
         description='Endpoint of node rank 0 as "host:port". Required for multi-node.',
     )
-
-    @field_validator("rdzv_endpoint")
-    @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        match = _HOST_PORT.match(value)
-        if not match or not 1 <= int(match["port"]) <= 65535:
-            raise ValueError('must be "host:port" with a port in 1..65535')
-        return value
 
 
 SFT_FIELDS = frozenset(SFTParams.model_fields) - {"extra_args"}
@@ -263,24 +264,13 @@ def _field_value_errors(model: type[BaseModel], data: Mapping[str, Any]) -> tupl
         except ValidationError as exc:
             for error in exc.errors():
                 problems.append(f"{name}: {_pydantic_message(error)} (got {data[name]!r})")
-    for name, validator in _FIELD_VALIDATORS.get(model, {}).items():
-        if name in values and values[name] is not None:
-            try:
-                validator(values[name])
-            except ValueError as exc:
-                problems.append(f"{name}: {exc} (got {values[name]!r})")
-                del values[name]
     return problems, values
 
 
 def _pydantic_message(error: Mapping[str, Any]) -> str:
-    message = str(error["msg"])
+    # A ValueError raised by our own validator carries our message; pydantic would prefix "Value error, ".
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else str(error["msg"])
     return message[0].lower() + message[1:] if message else message
-
-
-_FIELD_VALIDATORS: dict[type[BaseModel], dict[str, Callable[[Any], Any]]] = {
-    DistributedParams: {"rdzv_endpoint": lambda v: DistributedParams._host_port(v)},
-}
 
 
 def _rule_errors(rules: tuple[CrossFieldRule, ...], values: Mapping[str, Any], bad: set[str]) -> list[str]:
