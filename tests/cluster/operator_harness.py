@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO_ROOT / "deploy" / "crds" / "training-hub.io_sftjobs.yaml"
 JOB_LABEL = "training-hub.io/job-name"
 
 # Short timings so failure paths finish in seconds (production defaults are in reconcile.ReconcilePolicy).
@@ -49,15 +47,6 @@ def create_pool(cluster, count: int = 4, gpus_per_node: int = 8) -> list[str]:
     names = cluster.create_gpu_nodes(count, gpus_per_node, prefix=POOL_NODE_PREFIX, labels={POOL_LABEL: POOL})
     cluster.kubectl("taint", "nodes", *names, f"{POOL_LABEL}={POOL}:NoSchedule", "--overwrite")
     return names
-
-
-def install_crd(cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    wait_until(
-        lambda: cluster.kubectl("get", "crd", "sftjobs.training-hub.io", "-o",
-                                'jsonpath={.status.conditions[?(@.type=="Established")].status}').stdout == "True",
-        60, "the SFTJob CRD established",
-    )
 
 
 class OperatorProcess:

@@ -17,11 +17,11 @@ import yaml
 from sftjob_operator import api, render
 from sftjob_operator.config import OperatorConfig
 from training_hub.params import SFTParams
+from tests.cluster.deploy_helpers import install_crd
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / "deploy" / "crds" / "training-hub.io_sftjobs.yaml"
 EXAMPLES = ("sftjob-single-node.yaml", "sftjob-multi-node.yaml")
 
 TRAINING = {
@@ -37,8 +37,7 @@ TRAINING = {
 
 @pytest.fixture(scope="module")
 def crd_installed(cluster):
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/sftjobs.training-hub.io", "--timeout=60s")
+    install_crd(cluster)
     return cluster
 
 

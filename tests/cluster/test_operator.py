@@ -19,10 +19,8 @@ from tests.cluster.operator_harness import (
     OperatorProcess,
     apply,
     condition,
-    create_pool,
     delete_pv,
     get_job,
-    install_crd,
     job_pods,
     shared_volume,
     sftjob,
@@ -32,15 +30,8 @@ from tests.cluster.operator_harness import (
 pytestmark = [pytest.mark.cluster]
 
 
-@pytest.fixture(scope="module")
-def crd(cluster):
-    install_crd(cluster)
-    create_pool(cluster)
-    return cluster
-
-
 @pytest.fixture
-def operator(crd, cluster, namespace, tmp_path: Path):
+def operator(operator_pool, cluster, namespace, tmp_path: Path):
     process = OperatorProcess(cluster, [namespace], tmp_path / "operator.log").start()
     yield process
     process.stop()

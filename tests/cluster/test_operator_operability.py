@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,24 +12,15 @@ import pytest
 from tests.cluster.operator_harness import (
     OperatorProcess,
     apply,
-    create_pool,
     env_of,
     free_port,
     get_job,
-    install_crd,
     sftjob,
     wait_gang_running,
     wait_until,
 )
 
 pytestmark = [pytest.mark.cluster]
-
-
-@pytest.fixture(scope="module")
-def pool(cluster):
-    install_crd(cluster)
-    create_pool(cluster)
-    return cluster
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -51,7 +41,7 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
 
 
 @pytest.mark.timeout(180)
-def test_metrics_and_liveness_probe(pool, cluster, namespace, tmp_path: Path):
+def test_metrics_and_liveness_probe(operator_pool, cluster, namespace, tmp_path: Path):
     metrics_port, health_port = free_port(), free_port()
     operator = OperatorProcess(cluster, [namespace], tmp_path / "operator.log", metrics_port=metrics_port,
                                health_port=health_port).start()
@@ -83,7 +73,7 @@ def test_metrics_and_liveness_probe(pool, cluster, namespace, tmp_path: Path):
 
 
 @pytest.mark.timeout(180)
-def test_eviction_restarts_the_gang_without_counting(pool, cluster, namespace, tmp_path: Path):
+def test_eviction_restarts_the_gang_without_counting(operator_pool, cluster, namespace, tmp_path: Path):
     operator = OperatorProcess(cluster, [namespace], tmp_path / "operator.log").start()
     try:
         apply(cluster, sftjob("evicted", namespace, nnodes=3, backoffLimit=0))

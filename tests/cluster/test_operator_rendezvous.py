@@ -27,10 +27,8 @@ from tests.cluster.operator_harness import (
     OperatorProcess,
     apply,
     condition,
-    create_pool,
     env_of,
     get_job,
-    install_crd,
     wait_gang_running,
     wait_phase,
 )
@@ -98,9 +96,9 @@ def run_pods_locally(pods: list[dict], service_host: str, rdzv_port: int, tmp_pa
 
 
 @pytest.mark.timeout(480)
-def test_preflight_example_gang_rendezvouses_all_reduces_and_the_job_succeeds(cluster, namespace, tmp_path: Path):
-    install_crd(cluster)
-    create_pool(cluster)
+def test_preflight_example_gang_rendezvouses_all_reduces_and_the_job_succeeds(
+    operator_pool, cluster, namespace, tmp_path: Path
+):
     job = preflight_example_for_the_test_pool(namespace)
     name, nnodes = job["metadata"]["name"], job["spec"]["nnodes"]
     operator = OperatorProcess(cluster, [namespace], tmp_path / "operator.log").start()
