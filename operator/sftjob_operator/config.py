@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Mapping
 
 from training_hub.launch import env as launch_env
 

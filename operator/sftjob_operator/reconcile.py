@@ -28,7 +28,6 @@ All pods Succeeded -> Succeeded, with rank 0's termination summary copied into s
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence

@@ -25,7 +25,8 @@ from typing import Any, Mapping, Sequence
 
 from training_hub.launch import env as launch_env
 from training_hub.launch.exit_codes import EXIT_CODE_OF, ExitCode, Outcome, exit_code_for_signal_death
-from training_hub.launch.progress import ConsoleWriter, MetricsTailer, format_progress_line, metrics_path, progress_event
+from training_hub.backends.metrics import metrics_path
+from training_hub.launch.progress import ConsoleWriter, MetricsTailer, format_progress_line, progress_event
 from training_hub.launch.rendezvous import RendezvousTimeout, wait_for_endpoint
 from training_hub.launch.summary import build_summary, write_summary
 from training_hub.launch.supervisor import ChildExit, Interrupted, SignalState, run_child

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
-from training_hub.backends.metrics import is_step_record, metrics_path  # noqa: F401 (metrics_path re-exported)
+from training_hub.backends.metrics import is_step_record
 
 PROGRESS_EVENT = "progress"
 def progress_event(metrics: Mapping[str, Any]) -> dict[str, Any] | None:

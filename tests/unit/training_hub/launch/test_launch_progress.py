@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from training_hub.launch.progress import ConsoleWriter, MetricsTailer, format_progress_line, metrics_path, progress_event
+from training_hub.backends.metrics import metrics_path
+from training_hub.launch.progress import ConsoleWriter, MetricsTailer, format_progress_line, progress_event
 
 STEP = {
     "epoch": 1, "step": 10, "rank": 0, "overall_throughput": 40.2, "lr": 1e-05, "avg_loss": 2.31,
