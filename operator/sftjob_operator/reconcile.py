@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 from training_hub.launch.exit_codes import ExitCode, Outcome
 
 from sftjob_operator import labels
+from sftjob_operator.api import InvalidSFTJob, SFTJobSpec
+from sftjob_operator.render import render_gang
 from sftjob_operator import status as st
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,20 +135,21 @@ class RunPolicy:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> "RunPolicy":
-        run_policy = spec.get("runPolicy") or {}
-
-        def pick(name: str, default: Any) -> Any:
-            value = spec.get(name, run_policy.get(name))
-            return default if value is None else value
+        # Read leniently, with the API model's defaults: an invalid spec is failed with its reason later
+        # (in `_ensure_gang`), and until then the job still has to be cleaned up and reported on.
+        def pick(field_name: str) -> Any:
+            info = SFTJobSpec.model_fields[field_name]
+            value = spec.get(info.alias or field_name)
+            return getattr(info.default, "value", info.default) if value is None else value
 
         return cls(
-            nnodes=int(pick("nnodes", 1)),
-            nproc_per_node=int(pick("nprocPerNode", 1)),
-            backoff_limit=int(pick("backoffLimit", 3)),
-            suspend=bool(pick("suspend", False)),
-            active_deadline_seconds=pick("activeDeadlineSeconds", None),
-            ttl_seconds_after_finished=pick("ttlSecondsAfterFinished", None),
-            cleanup=str(pick("cleanPodPolicy", "Running")),
+            nnodes=int(pick("nnodes")),
+            nproc_per_node=int(pick("nproc_per_node")),
+            backoff_limit=int(pick("backoff_limit")),
+            suspend=bool(pick("suspend")),
+            active_deadline_seconds=pick("active_deadline_seconds"),
+            ttl_seconds_after_finished=pick("ttl_seconds_after_finished"),
+            cleanup=str(pick("clean_pod_policy")),
         )
 
 
@@ -610,9 +613,6 @@ class _Reconciler:
         self._finish(True, "Succeeded", message)
 
     def _ensure_gang(self, current: Mapping[int, Mapping[str, Any]]) -> None:
-        from sftjob_operator.api import InvalidSFTJob
-        from sftjob_operator.render import render_gang
-
         try:
             rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
         except InvalidSFTJob as error:
