@@ -73,7 +73,9 @@ def k8s_bin_dir() -> Path:
 
 SESSION_CLUSTER_PREFIX = "th-test-"
 # Clusters named <prefix><pid> by test sessions and tests; those of dead processes are removed.
-LEFTOVER_CLUSTER_PREFIXES = (SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-")
+LEFTOVER_CLUSTER_PREFIXES = (
+    SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-", "th-helm-", "th-demo-"
+)
 
 
 def _stop_on_sigterm() -> None:
