@@ -98,6 +98,31 @@ DISTRIBUTED_RULES: tuple[CrossFieldRule, ...] = (
 )
 
 
+# What Linux file systems accept (PATH_MAX, NAME_MAX): a longer path fails at its first open with "File name too
+# long", after a gang was scheduled; the schema (and so the CRD, by the same rule in CEL) refuses it at once.
+MAX_PATH_LENGTH = 4095
+MAX_PATH_PART_LENGTH = 255
+_PATH_PART_MESSAGE = f"each part of the path between slashes must be at most {MAX_PATH_PART_LENGTH} characters"
+
+
+def _path_parts_fit(value: str) -> str:
+    if re.search(f"[^/]{{{MAX_PATH_PART_LENGTH + 1}}}", value):
+        raise ValueError(_PATH_PART_MESSAGE)
+    return value
+
+
+LocalPath = Annotated[str, AfterValidator(_path_parts_fit)]
+
+
+def _path_field(description: str, **kwargs: Any) -> Any:
+    rule = {"rule": f"!self.matches('[^/]{{{MAX_PATH_PART_LENGTH + 1}}}')", "message": _PATH_PART_MESSAGE}
+    return Field(
+        min_length=1, max_length=MAX_PATH_LENGTH, json_schema_extra={"x-kubernetes-validations": [rule]},
+        description=f"{description} (at most {MAX_PATH_LENGTH} characters, {MAX_PATH_PART_LENGTH} per part).",
+        **kwargs,
+    )
+
+
 class _CamelModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
     _rules: ClassVar[tuple[CrossFieldRule, ...]] = ()
@@ -121,20 +146,17 @@ class SFTParams(_CamelModel):
     _rules: ClassVar[tuple[CrossFieldRule, ...]] = SFT_RULES
 
     # Required
-    model_path: str = Field(
-        min_length=1,
-        description="Path to the model to fine-tune. Can be a local directory path or a HuggingFace model ID "
-        '(e.g. "Qwen/Qwen2.5-7B-Instruct").',
+    model_path: LocalPath = _path_field(
+        "Path to the model to fine-tune. Can be a local directory path or a HuggingFace model ID "
+        '(e.g. "Qwen/Qwen2.5-7B-Instruct")',
     )
-    data_path: str = Field(
-        min_length=1,
-        description="Path to training data in JSONL format. Each line should contain a JSON object with a "
-        "`messages` field (or the document column in pretraining mode).",
+    data_path: LocalPath = _path_field(
+        "Path to training data in JSONL format. Each line should contain a JSON object with a "
+        "`messages` field (or the document column in pretraining mode)",
     )
-    ckpt_output_dir: str = Field(
-        min_length=1,
-        description="Directory where model checkpoints will be saved during and after training. Reusing it "
-        "resumes from the last full state saved there.",
+    ckpt_output_dir: LocalPath = _path_field(
+        "Directory where model checkpoints will be saved during and after training. Reusing it "
+        "resumes from the last full state saved there",
     )
     num_epochs: int = Field(ge=1, description="Number of training epochs to run. Typical values: 1-10.")
     effective_batch_size: int = Field(
@@ -157,10 +179,8 @@ class SFTParams(_CamelModel):
     )
 
     # Data processing
-    data_output_dir: str | None = Field(
-        default=None,
-        min_length=1,
-        description="Directory for data processing outputs. Defaults to <ckpt_output_dir>/data.",
+    data_output_dir: LocalPath | None = _path_field(
+        "Directory for data processing outputs. Defaults to <ckpt_output_dir>/data", default=None
     )
 
     # Pretraining mode

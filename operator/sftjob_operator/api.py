@@ -12,9 +12,10 @@ the API server runs, so a manifest is rejected with the same message by `kubectl
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping
 
 from pydantic import (
     BaseModel,
@@ -75,14 +76,19 @@ _DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
-_QUANTITY = re.compile(QUANTITY_PATTERN)
+# Every quantity of a spec (requests, limits, shmSize, divisor) is a size: the Pod API refuses negative ones.
+NON_NEGATIVE_QUANTITY_PATTERN = QUANTITY_PATTERN.replace(r"^(\+|-)?", r"^\+?", 1)
+assert NON_NEGATIVE_QUANTITY_PATTERN != QUANTITY_PATTERN
+_QUANTITY = re.compile(NON_NEGATIVE_QUANTITY_PATTERN)
 
 
 def _check_quantity(value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or (
         isinstance(value, str) and not _QUANTITY.match(value)
-    ):
-        raise ValueError(f"must be a Kubernetes quantity: an integer or a string such as 8, 500m, 64Gi (got {value!r})")
+    ) or (isinstance(value, int) and value < 0):
+        raise ValueError(
+            f"must be a non-negative Kubernetes quantity: an integer or a string such as 8, 500m, 64Gi (got {value!r})"
+        )
     return value
 
 
@@ -91,8 +97,8 @@ Quantity = Annotated[
     PlainValidator(_check_quantity),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            "pattern": NON_NEGATIVE_QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
     ),
@@ -155,7 +161,47 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
 
 
+@dataclass(frozen=True)
+class ObjectRule:
+    """A constraint on one object of the spec, checked in Python and rendered as a CEL rule on its schema node (so
+    `kubectl apply` refuses what the Pod API would refuse later, with the same message)."""
+
+    check: Callable[[Mapping[str, Any]], bool]
+    message: str
+    cel: str
+
+
+def _exactly_one(*fields: str) -> ObjectRule:
+    names = [to_camel(name) for name in fields]
+    return ObjectRule(
+        check=lambda values: sum(values.get(name) is not None for name in fields) == 1,
+        message="set exactly one of " + ", ".join(names),
+        cel=" + ".join(f"(has(self.{name}) ? 1 : 0)" for name in names) + " == 1",
+    )
+
+
+class _RuledModel(_K8sModel):
+    """A model with `ObjectRule`s: subclasses set `_object_rules` and `model_config = _rules_config(...)`."""
+
+    _object_rules: ClassVar[tuple[ObjectRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_object_rules(self) -> "_RuledModel":
+        problems = [rule.message for rule in self._object_rules if not rule.check(self.__dict__)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _rules_config(*rules: ObjectRule) -> ConfigDict:
+    return ConfigDict(json_schema_extra=_cel(*((rule.cel, rule.message) for rule in rules)))
+
+
 # ---- pod customisation ------------------------------------------------------------------------------------------
+
+
+_DOTDOT_PART = r"(^|/)[.][.](/|$)"  # RE2 (CEL) and Python alike
+_SUB_PATH_MESSAGE = "must not contain a '..' part: the mount must stay inside the volume"
 
 
 class SharedVolume(_K8sModel):
@@ -187,8 +233,16 @@ class SharedVolume(_K8sModel):
         min_length=1,
         max_length=MAX_PATH_LENGTH,
         pattern=r"^[^/]",
-        description="Relative path inside the volume to mount instead of its root.",
+        description="Relative path inside the volume to mount instead of its root (no '..' part).",
+        json_schema_extra=_cel((f"!self.matches('{_DOTDOT_PART}')", _SUB_PATH_MESSAGE)),
     )
+
+    @field_validator("sub_path")
+    @classmethod
+    def _sub_path_inside(cls, sub_path: str | None) -> str | None:
+        if sub_path is not None and re.search(_DOTDOT_PART, sub_path):
+            raise ValueError(_SUB_PATH_MESSAGE)
+        return sub_path
 
 
 class ResourceRequirements(_K8sModel):
@@ -206,6 +260,15 @@ class ResourceRequirements(_K8sModel):
         description="Maximum resources per pod, e.g. {memory: 512Gi}. Extended resources such as RDMA devices go "
         "here too.",
     )
+
+
+_ENV_SOURCE_ONE = _exactly_one("config_map_key_ref", "secret_key_ref", "field_ref", "resource_field_ref")
+_ENV_FROM_ONE = _exactly_one("config_map_ref", "secret_ref")
+_ENV_VALUE_OR_SOURCE = ObjectRule(
+    check=lambda values: not (values.get("value") and values.get("value_from") is not None),
+    message="set value or valueFrom, not both",
+    cel="!(has(self.value) && self.value != '' && has(self.valueFrom))",
+)
 
 
 class ConfigMapKeySelector(_K8sModel):
@@ -239,8 +302,11 @@ class ResourceFieldSelector(_K8sModel):
     divisor: Quantity | None = Field(default=None, description="Output format of the value; default 1.")
 
 
-class EnvVarSource(_K8sModel):
+class EnvVarSource(_RuledModel):
     """Where an environment variable's value comes from (exactly one)."""
+
+    model_config = _rules_config(_ENV_SOURCE_ONE)
+    _object_rules: ClassVar[tuple[ObjectRule, ...]] = (_ENV_SOURCE_ONE,)
 
     config_map_key_ref: ConfigMapKeySelector | None = Field(default=None, description="A key of a ConfigMap.")
     secret_key_ref: SecretKeySelector | None = Field(default=None, description="A key of a Secret (e.g. a hub token).")
@@ -248,8 +314,11 @@ class EnvVarSource(_K8sModel):
     resource_field_ref: ResourceFieldSelector | None = Field(default=None, description="A resource of the container.")
 
 
-class EnvVar(_K8sModel):
+class EnvVar(_RuledModel):
     """An environment variable of the training container (as in a Pod's container env)."""
+
+    model_config = _rules_config(_ENV_VALUE_OR_SOURCE)
+    _object_rules: ClassVar[tuple[ObjectRule, ...]] = (_ENV_VALUE_OR_SOURCE,)
 
     name: str = Field(min_length=1, max_length=256, pattern=r"^[^=]+$", description="Variable name.")
     value: str | None = Field(default=None, description="Literal value.")
@@ -270,8 +339,11 @@ class SecretEnvSource(_K8sModel):
     optional: bool | None = Field(default=None, description="Whether the Secret may be missing.")
 
 
-class EnvFromSource(_K8sModel):
+class EnvFromSource(_RuledModel):
     """A ConfigMap or Secret whose keys all become environment variables (as in a Pod's container envFrom)."""
+
+    model_config = _rules_config(_ENV_FROM_ONE)
+    _object_rules: ClassVar[tuple[ObjectRule, ...]] = (_ENV_FROM_ONE,)
 
     prefix: str | None = Field(default=None, max_length=256, description="Prefix added to every variable name.")
     config_map_ref: ConfigMapEnvSource | None = Field(default=None, description="The ConfigMap to read.")
@@ -301,16 +373,39 @@ class LocalObjectReference(_K8sModel):
 _PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
 
 
+class NodeSelector(_K8sModel):
+    """Required node affinity (core/v1 NodeSelector): the node must match one of the terms."""
+
+    node_selector_terms: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_TOLERATIONS,
+        description="Node selector terms (core/v1 NodeSelectorTerm), ORed; at least one.",
+        json_schema_extra={"items": {"type": "object", **_PRESERVE}},
+    )
+
+
+class NodeAffinity(_K8sModel):
+    """Node affinity (core/v1 NodeAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the pods must run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=MAX_TOLERATIONS,
+        description="Weighted preferences (core/v1 PreferredSchedulingTerm).",
+        json_schema_extra={"items": {"type": "object", **_PRESERVE}},
+    )
+
+
 class Affinity(BaseModel):
     """Scheduling constraints (as in a Pod's affinity). The operator adds a required pod anti-affinity on
     kubernetes.io/hostname so that no two pods of a gang share a node."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    node_affinity: dict[str, Any] | None = Field(
-        default=None,
-        description="Node affinity (core/v1 NodeAffinity), e.g. a GPU product.",
-        json_schema_extra=_PRESERVE,
+    node_affinity: NodeAffinity | None = Field(
+        default=None, description="Node affinity (core/v1 NodeAffinity), e.g. a GPU product."
     )
     pod_affinity: dict[str, Any] | None = Field(
         default=None, description="Pod affinity (core/v1 PodAffinity).", json_schema_extra=_PRESERVE

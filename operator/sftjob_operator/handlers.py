@@ -30,6 +30,7 @@ from sftjob_operator import labels
 from sftjob_operator import reconcile as rc
 from sftjob_operator import status as st
 from sftjob_operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
+from sftjob_operator.watch_health import WatchCollector, WatchHealth, is_connection_error
 
 log = logging.getLogger("sftjob_operator")
 COMPONENT = "sftjob-operator"
@@ -94,15 +95,19 @@ def _newer(version: str | None, than: str | None) -> bool:
     return version != than
 
 
+def _api_message(error: ApiException) -> str:
+    """The API server's own words (a Status object's message names the invalid field)."""
+    import json
+
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.body or error.reason)
+
+
 def _api_error_text(error: Exception) -> str:
     if isinstance(error, ApiException):
-        import json
-
-        try:
-            detail = json.loads(error.body or "{}").get("message") or error.reason
-        except ValueError:
-            detail = error.body or error.reason
-        return f"HTTP {error.status}: {detail}"
+        return f"HTTP {error.status}: {_api_message(error)}"
     return f"{type(error).__name__}: {error}"
 
 
@@ -116,6 +121,7 @@ class _JobState:
     again: bool = False  # a trigger arrived while running
     quiet: bool = False  # finished/suspended with nothing left to do: only events wake it (not the resync)
     refresh: bool = False  # read the job from the API instead of the cached body (resync: a missed DELETED)
+    errors: int = 0  # failed reconciliations in a row (their retries back off)
 
 
 @dataclass
@@ -159,6 +165,7 @@ class JobReconciler:
             state = self.jobs.pop(key, None)
             if state and state.handle:
                 state.handle.cancel()
+            self._delete_gang_of_deleted(key, meta.get("uid"))
             return
         state = self.jobs.setdefault(key, _JobState())
         version = meta.get("resourceVersion")
@@ -169,6 +176,32 @@ class JobReconciler:
             return
         state.quiet = False
         self.trigger(key)
+
+    def _delete_gang_of_deleted(self, key: JobKey, uid: str | None) -> None:
+        """The job is gone: delete its pods now rather than wait for the garbage collector, whose view of the CRD
+        lags for up to minutes after an API-server restart (the pods would hold their GPUs meanwhile). Only pods
+        owned by this uid: a new job of the same name keeps its own."""
+        if not uid or self.closing:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+
+        def delete() -> None:
+            try:
+                deleted = self.kube.delete_owned_pods(key[0], key[1], uid)
+            except Exception as error:  # noqa: BLE001 - the garbage collector remains the fallback
+                if not is_connection_error(error):
+                    log.warning("%s/%s: deleting the pods of the deleted job failed: %s", *key, _api_error_text(error))
+                return
+            if deleted:
+                log.info("%s/%s: job deleted; deleted its %d pod(s)", *key, deleted)
+
+        loop.run_in_executor(self.executor, delete)
+
+    def resync_soon(self) -> None:
+        """Thread-safe: reconcile every job now (the API server is back after an outage)."""
+        if self._loop is not None and not self.closing:
+            self._loop.call_soon_threadsafe(self.resync_all)
 
     def pod_event(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -222,9 +255,14 @@ class JobReconciler:
         requeue: float | None = None
         try:
             requeue = await asyncio.get_running_loop().run_in_executor(self.executor, self.reconcile_now, key)
-        except Exception:  # noqa: BLE001 - one job's error must never stop the others
-            log.exception("reconciling %s/%s failed", *key)
-            requeue = self.settings.error_retry_seconds
+        except Exception as error:  # noqa: BLE001 - one job's error must never stop the others
+            requeue = self._retry_delay(state)
+            if is_connection_error(error):
+                pass  # already logged, one line, by the failing call (kube.Kube.request)
+            elif isinstance(error, ApiException):
+                log.warning("%s/%s: %s; retrying in %.0f s", *key, _api_error_text(error), requeue)
+            else:
+                log.exception("reconciling %s/%s failed (a bug); retrying in %.0f s", *key, requeue)
         finally:
             state.running = False
         if key not in self.jobs or self.closing:
@@ -234,6 +272,11 @@ class JobReconciler:
             self._schedule(state, key, 0)
         if requeue is not None:
             self._schedule(state, key, requeue)
+
+    def _retry_delay(self, state: _JobState) -> float:
+        """Exponential backoff after failed reconciliations: error_retry_seconds, doubling, at most 16x."""
+        state.errors += 1
+        return self.settings.error_retry_seconds * 2 ** min(4, state.errors - 1)
 
     # --- one reconciliation (worker thread) --------------------------------------------------------------------
 
@@ -248,7 +291,9 @@ class JobReconciler:
             job = self.kube.get_job(namespace, name)
             state.body = job
         if job is None:
-            self.jobs.pop(key, None)
+            gone = self.jobs.pop(key, None)
+            if gone is not None and gone.body is not None:  # a DELETED event we missed
+                self.kube.delete_owned_pods(namespace, name, gone.body["metadata"].get("uid"))
             return None
         try:
             for _ in range(3):
@@ -266,7 +311,7 @@ class JobReconciler:
             if self.metrics is not None:
                 self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
-    def _reconcile_once(self, state: _JobState, job: dict[str, Any]) -> float | None:
+    def _reconcile_once(self, state: _JobState, job: dict[str, Any], rejection: "rc.Rejection | None" = None) -> float | None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         old_status = job.get("status") or {}
         pods = self.kube.list_job_pods(namespace, name)
@@ -288,7 +333,7 @@ class JobReconciler:
         progress_pod = rc.progress_pod_name(job, pods)
         if progress_pod:
             log_tail = self.kube.read_log_tail(namespace, progress_pod)
-        observed = rc.Observed(pods=pods, service=service, configmap=configmap, rank0_log_tail=log_tail)
+        observed = rc.Observed(pods=pods, service=service, configmap=configmap, rank0_log_tail=log_tail, rejection=rejection)
         result = rc.reconcile(job, observed, now, self.config, self.policy)
 
         patch = rc.status_patch(old_status, result.status)
@@ -306,8 +351,14 @@ class JobReconciler:
             self.metrics.restarts.labels(reason=failure.reason, counted=str(failure.counted).lower()).inc()
         failed = self._apply(job, result.actions)
         if failed is not None:
-            self._record_action_error(state, job, *failed)
-            return self.settings.error_retry_seconds
+            action, error = failed
+            rejection = rc.Rejection.of(action, error.status, _api_message(error)) if isinstance(error, ApiException) else None
+            if rejection is not None:
+                # Permanent (HTTP 400/422): the spec can never produce this object. Fail the job, no retry loop.
+                return self._reconcile_once(state, job, rejection=rejection)
+            self._record_action_error(state, job, action, error)
+            return self._retry_delay(state)
+        state.errors = 0
         for action in result.actions:
             if isinstance(action, rc.DeleteJob):
                 return None
@@ -396,9 +447,15 @@ def _no_diffbase_storage():
     return NoDiffBaseStorage()
 
 
-def register(registry, reconciler: JobReconciler) -> None:
-    """Register the handlers on a kopf registry (kept out of module import so tests can build their own)."""
+def register(registry, reconciler: JobReconciler, health: WatchHealth | None = None, insights: Any = None) -> None:
+    """Register the handlers on a kopf registry (kept out of module import so tests can build their own).
+
+    With `health` and `insights` (the kopf Insights given to kopf.run), start-up waits until the API server
+    serves SFTJobs, a watchdog keeps the watches established, and the `watches` probe fails while they are not
+    (see watch_health)."""
     import kopf
+
+    from sftjob_operator import watch_health
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -408,7 +465,23 @@ def register(registry, reconciler: JobReconciler) -> None:
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         reconciler._loop = asyncio.get_running_loop()
+        if health is not None:
+            # Before kopf's one scan of the API's resources (it starts when the start-up handlers are done).
+            await watch_health.wait_until_served(reconciler.kube.serves_sftjobs, health)
+            if insights is not None:
+                rescan = watch_health.kopf_rescan(insights, registry, settings)
+                reconciler._background.append(asyncio.ensure_future(
+                    watch_health.watchdog(reconciler.kube.serves_sftjobs, health, insights, rescan)
+                ))
         reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
+
+    if health is not None:
+        @kopf.on.probe(id="watches", registry=registry)
+        def watches(**_: Any) -> dict[str, bool]:
+            problems = health.problems()
+            if problems:
+                raise kopf.PermanentError("; ".join(problems))  # /healthz answers 500
+            return {name: health.established(name) for name in health.served}
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
@@ -470,6 +543,8 @@ def run_operator(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same file
+    from kopf._cogs.structs.references import Insights  # kopf.run(insights=...): what kopf watches
+
     kube = Kube(load_api_client(kubeconfig))
     reconciler = JobReconciler(
         kube=kube,
@@ -477,13 +552,17 @@ def run_operator(
         policy=reconcile_policy_from_env(),
         settings=RuntimeSettings.from_env(),
     )
+    health = WatchHealth(on_recovered=reconciler.resync_soon)
+    kube.health = health
+    insights = Insights()
     metrics = OperatorMetrics(reconciler.phases)
+    metrics.registry.register(WatchCollector(health))
     reconciler.metrics = metrics
     _count_api_requests(kube, metrics)
     if metrics_port:
         metrics.serve(metrics_port)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler)
+    register(registry, reconciler, health, insights)
     operator_settings = kopf.OperatorSettings()
     # Namespaced: no cluster-wide scans of CRDs and namespaces (the chart's namespaced RBAC grants none;
     # kopf would retry each 403 for a minute before falling back to the given namespaces).
@@ -496,6 +575,7 @@ def run_operator(
         standalone=peering is None,
         peering_name=peering,
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+        insights=insights,
     )
 
 

@@ -57,6 +57,9 @@ def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 32) -> cl
         except kube_config.ConfigException:
             kube_config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = pool_size
+    # One attempt per call: the reconciler retries with backoff, and urllib3's own retries would log three
+    # "Retrying ..." warnings for every call made during an API-server outage.
+    configuration.retries = 0
     return client.ApiClient(configuration)
 
 
@@ -68,6 +71,7 @@ class Kube:
         self.api_client = api_client
         self.counter = counter or RequestCounter()
         self.timeout = timeout
+        self.health: Any = None  # watch_health.WatchHealth: told of every failed and successful call
 
     def request(
         self,
@@ -90,11 +94,23 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(method_, url, header_params=headers, body=serialized, _request_timeout=self.timeout)
-        data = response.read()
+        try:
+            response = self.api_client.call_api(
+                method_, url, header_params=headers, body=serialized, _request_timeout=self.timeout
+            )
+            data = response.read()
+        except Exception as error:
+            if self.health is not None:
+                self.health.call_failed(f"{method} {path}", error)
+            raise
         if not 200 <= response.status < 300:
             text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-            raise ApiException(status=response.status, reason=response.reason, body=text)
+            error = ApiException(status=response.status, reason=response.reason, body=text)
+            if self.health is not None and response.status >= 500:
+                self.health.call_failed(f"{method} {path}", error)
+            raise error
+        if self.health is not None:
+            self.health.call_succeeded()
         if raw:
             return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         return json.loads(data) if data else {}
@@ -103,6 +119,11 @@ class Kube:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get_or_none(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}")
+
+    def serves_sftjobs(self) -> bool:
+        """Whether API discovery lists the SFTJob resource (False while the CRD is missing or not loaded yet)."""
+        found = self._get_or_none(f"/apis/{GROUP}/{VERSION}")
+        return any(item.get("name") == PLURAL for item in (found or {}).get("resources") or ())
 
     def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         result = self.request(
@@ -178,6 +199,18 @@ class Kube:
             if error.status in (404, 409):
                 return False
             raise
+
+    def delete_owned_pods(self, namespace: str, job_name: str, owner_uid: str | None) -> int:
+        """Delete the pods labelled for `job_name` whose controller owner is `owner_uid` (uid preconditions: never
+        a pod that replaced one). Returns how many deletions were accepted."""
+        if not owner_uid:
+            return 0
+        deleted = 0
+        for pod in self.list_job_pods(namespace, job_name):
+            owners = pod["metadata"].get("ownerReferences") or ()
+            if any(owner.get("uid") == owner_uid for owner in owners) and not pod["metadata"].get("deletionTimestamp"):
+                deleted += self.delete_pod(namespace, pod["metadata"]["name"], pod["metadata"]["uid"])
+        return deleted
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         """Delete the SFTJob; the garbage collector deletes what it owns (owner references)."""

@@ -7,6 +7,8 @@ the same inputs gives the same answer, so a lost event, a retried handler or an 
 converge instead of duplicating work.
 
 The gang rules, in the order they are checked:
+0. A job being deleted (deletionTimestamp) only deletes its pods (the operator also deletes them itself when
+   the job is gone: handlers.JobReconciler.job_event; the garbage collector can lag after an API-server restart).
 1. A finished job (Succeeded/Failed) only cleans up (no pod keeps running) and waits for its TTL.
 2. activeDeadlineSeconds past startTime fails the job.
 3. `suspend: true` deletes the gang (graceful, so a checkpoint can be saved) and bumps the attempt, so
@@ -21,7 +23,9 @@ The gang rules, in the order they are checked:
    force-deleted after a bounded time.
 6. After a counted failure the next gang waits an exponential backoff.
 7. Missing Service/ConfigMap/pods of the current attempt are created (deterministic names: a second
-   create is a 409 the executor ignores).
+   create is a 409 the executor ignores). When the API server refuses one as invalid (400/422, observed as a
+   `Rejection`) the job fails with reason Invalid<Kind>Spec and the API server's message: the spec cannot
+   produce a valid object, so retrying would loop forever.
 All pods Succeeded -> Succeeded, with rank 0's termination summary copied into status.
 """
 
@@ -44,6 +48,33 @@ from sftjob_operator import status as st
 
 
 @dataclass(frozen=True)
+class Rejection:
+    """The API server refused to create an object of the gang as invalid (HTTP 400/422): the spec can never
+    produce it, so retrying cannot help. `message` is the API server's, naming the field."""
+
+    kind: str
+    name: str
+    message: str
+
+    PERMANENT_STATUSES = frozenset({400, 422})
+
+    @classmethod
+    def of(cls, action: "Action", status: int | None, message: str) -> "Rejection | None":
+        """The rejection a failed action amounts to, or None when the error is transient (5xx, timeouts, 409,
+        403 quota, 429): those are retried with backoff and shown in the Created condition."""
+        if not isinstance(action, CreateObject) or status not in cls.PERMANENT_STATUSES:
+            return None
+        return cls(action.kind, action.name, message)
+
+    @property
+    def reason(self) -> str:
+        return f"Invalid{self.kind}Spec"
+
+    def describe(self) -> str:
+        return f"the API server rejected {self.kind} {self.name}: {self.message}"
+
+
+@dataclass(frozen=True)
 class Observed:
     """What exists in the cluster for one SFTJob (plain API dicts, camelCase)."""
 
@@ -51,6 +82,7 @@ class Observed:
     service: Mapping[str, Any] | None = None
     configmap: Mapping[str, Any] | None = None
     rank0_log_tail: str | None = None  # read by the caller only when `progress_pod_name` says so
+    rejection: Rejection | None = None  # the last create was refused as invalid (see Rejection)
 
 
 @dataclass(frozen=True)
@@ -403,8 +435,15 @@ class _Reconciler:
         current, stale = self._current_and_stale()
         self._update_counts(current)
 
-        if self.status.get("phase") in st.FINISHED_PHASES:
+        if self.meta.get("deletionTimestamp"):
+            # Being deleted (foreground, or held by someone's finalizer): free the GPUs now, create nothing.
+            self._delete_pods(self.pods, "JobDeleted")
+        elif self.status.get("phase") in st.FINISHED_PHASES:
             self._finished()
+        elif self.observed.rejection is not None:
+            rejection = self.observed.rejection
+            self._condition(st.CREATED, False, rejection.reason, rejection.describe())
+            self._finish(False, rejection.reason, rejection.describe())
         elif self._deadline_exceeded():
             self._finish(False, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={self.run_policy.active_deadline_seconds}")
         elif self.run_policy.suspend:

@@ -154,6 +154,28 @@ INVALID = [
     pytest.param(_with("spec.mode", "Dryrun"), "spec.mode", "Unsupported value", id="mode"),
     pytest.param(_with("spec.preflight", {"sizeMb": 8}), "spec.preflight",
                  "may only be set when mode is Preflight", id="preflight-options-in-train-mode"),
+    # Specs the Pod API refuses (HTTP 422): refused at `kubectl apply` instead of failing a half-created gang.
+    pytest.param(_with("spec.env", [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
+                 "spec.env[0]", "set value or valueFrom, not both", id="env-value-and-value-from"),
+    pytest.param(_with("spec.env", [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"},
+                                                                "configMapKeyRef": {"name": "c", "key": "k"}}}]),
+                 "spec.env[0].valueFrom", "set exactly one of", id="env-two-sources"),
+    pytest.param(_with("spec.env", [{"name": "A", "valueFrom": {}}]), "spec.env[0].valueFrom", "set exactly one of",
+                 id="env-empty-value-from"),
+    pytest.param(_with("spec.envFrom", [{"prefix": "X_"}]), "spec.envFrom[0]", "set exactly one of", id="env-from-empty"),
+    pytest.param(_with("spec.volumes", [{"name": "a", "claimName": "c", "mountPath": "/d", "subPath": "../escape"}]),
+                 "spec.volumes[0].subPath", "must not contain a '..' part", id="sub-path-escape"),
+    pytest.param(_with("spec.affinity", {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                                                          {"nodeSelectorTerms": []}}}),
+                 "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms",
+                 "should have at least 1 items", id="empty-node-selector-terms"),
+    pytest.param(_with("spec.resources", {"requests": {"cpu": "-1"}}), "spec.resources.requests.cpu", "should match",
+                 id="negative-cpu"),
+    pytest.param(_with("spec.shmSize", "-1"), "spec.shmSize", "should match", id="negative-shm-size"),
+    pytest.param(_with("spec.training.modelPath", "/m/" + "x" * 300), "spec.training.modelPath",
+                 "at most 255 characters", id="path-part-too-long"),
+    pytest.param(_with("spec.training.ckptOutputDir", "/c" * 2100), "spec.training.ckptOutputDir",
+                 "may not be more than 4095", id="path-too-long"),
 ]
 
 

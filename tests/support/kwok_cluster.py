@@ -155,6 +155,7 @@ class KwokCluster:
     name: str | None = None  # None: a cluster this process did not start (TRAINING_HUB_KUBECONFIG)
     workdir: Path | None = None
     _logs_dir: Path | None = field(default=None, repr=False)
+    _apiserver_launch: tuple | None = field(default=None, repr=False)  # (argv, cwd, env) kept by stop_apiserver
 
     # --- plumbing -----------------------------------------------------------------------------
     @property
@@ -197,6 +198,52 @@ class KwokCluster:
             if time.monotonic() > deadline:
                 raise ControlPlaneUnavailable(f"no leader lease for {sorted(wanted - held)} after {timeout}s")
             time.sleep(0.5)
+
+    # --- API-server outages ----------------------------------------------------------------------
+    def apiserver_pid(self) -> int | None:
+        """The running kube-apiserver of this cluster (its command line names the cluster's workdir)."""
+        for pid in self.pids():
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"kube-apiserver") and _alive(pid):
+                return pid
+        return None
+
+    def stop_apiserver(self, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
+        """Stops this cluster's kube-apiserver only (etcd, controllers and kwok keep running), remembering how it
+        was started so that `start_apiserver` brings the same one back. SIGKILL is the crash; SIGTERM a restart."""
+        pid = self.apiserver_pid()
+        if pid is None:
+            raise ControlPlaneUnavailable(f"cluster {self.name}: no kube-apiserver running")
+        proc = Path(f"/proc/{pid}")
+        self._apiserver_launch = (
+            [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg],
+            os.readlink(proc / "cwd"),
+            dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line),
+        )
+        os.kill(pid, sig)
+        if _wait_until_gone({pid}, timeout):
+            raise ControlPlaneUnavailable(f"cluster {self.name}: kube-apiserver {pid} still running after {timeout}s")
+
+    def start_apiserver(self, wait_ready: float | None = 120) -> int:
+        """Starts the kube-apiserver stopped by `stop_apiserver` again (same flags; log appended to its log file).
+        With `wait_ready`, returns once /readyz answers. `stop_cluster` finds it like every other component."""
+        launch = self._apiserver_launch
+        if launch is None:
+            raise ControlPlaneUnavailable(f"cluster {self.name}: start_apiserver without stop_apiserver")
+        argv, cwd, env = launch
+        log_path = Path(self.workdir or cwd) / "logs" / "kube-apiserver.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            deadline = time.monotonic() + wait_ready
+            while self.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode != 0:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ControlPlaneUnavailable(f"cluster {self.name}: kube-apiserver not ready again ({log_path})")
+                time.sleep(0.2)
+        return process.pid
 
     # --- nodes --------------------------------------------------------------------------------
     def create_gpu_nodes(

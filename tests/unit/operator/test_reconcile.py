@@ -833,3 +833,55 @@ def test_training_success_does_not_repeat_the_summary_message():
     job = running_job(2)
     pods = [make_pod(r, phase="Succeeded", exit_code=0, message=json.dumps({"outcome": "succeeded", "message": "done"})) for r in range(2)]
     assert condition(run(job, pods).status, "Succeeded")["message"] == "all pods succeeded"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the API server refusing an object of the gang; a job being deleted
+
+
+API_MESSAGE = (
+    'Pod "train-node-1" is invalid: spec.containers[0].resources.requests: Invalid value: "2": '
+    "must be less than or equal to cpu limit of 1"
+)
+
+
+@pytest.mark.parametrize("status, permanent", [(422, True), (400, True), (500, False), (503, False), (409, False),
+                                               (403, False), (429, False), (None, False)])
+def test_only_invalid_objects_are_permanent_rejections(status, permanent):
+    create = rc.CreateObject({"kind": "Pod", "metadata": {"name": "train-node-1"}})
+    rejection = rc.Rejection.of(create, status, API_MESSAGE)
+    assert (rejection is not None) == permanent
+    assert rc.Rejection.of(rc.DeletePod("train-node-1", "uid"), status, API_MESSAGE) is None  # only creates
+
+
+def test_a_rejected_pod_fails_the_job_with_the_api_servers_message_and_removes_the_half_created_gang():
+    job = make_job(4)
+    first = run(job, service=None)
+    job = applied(job, first)
+    half = gang(n=1, phase="Pending")  # rank 0 was created, rank 1 was refused
+    rejection = rc.Rejection("Pod", "train-node-1", API_MESSAGE)
+    observed = rc.Observed(pods=half, service=PRESENT, configmap={"data": _desired_configmap_data(job)}, rejection=rejection)
+    result = rc.reconcile(job, observed, NOW, CONFIG, POLICY)
+
+    assert result.status["phase"] == st.FAILED
+    failed = condition(result.status, st.FAILED)
+    assert failed["status"] == "True" and failed["reason"] == "InvalidPodSpec"
+    assert "spec.containers[0].resources.requests" in failed["message"]
+    assert condition(result.status, st.STALLED)["status"] == "True"
+    assert creates(result) == []
+    assert [d.name for d in deletes(result)] == ["train-node-0"]
+    assert "InvalidPodSpec" in event_reasons(result)
+
+    # The next reconciliation (no rejection observed any more) keeps it Failed and creates nothing: no retry loop.
+    job = applied(job, result)
+    again = run(job, [])
+    assert again.status["phase"] == st.FAILED and again.actions == []
+
+
+def test_a_job_being_deleted_only_deletes_its_pods():
+    job = running_job(2)
+    job["metadata"]["deletionTimestamp"] = st.format_time(NOW)
+    result = run(job, gang(n=2))
+    assert creates(result) == [] and creates(result, "Service") == []
+    assert sorted(d.name for d in deletes(result)) == ["train-node-0", "train-node-1"]
+    assert run(job, []).actions == []
