@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,13 +73,13 @@ class WatchHealth:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # calls come from the reconciler's worker threads and the event loop
 
-    def call_failed(self, what: str, error: BaseException) -> None:
+    def call_failed(self, what: str, error: BaseException | str) -> None:
         """One warning line per failing call (no traceback)."""
         with self._lock:
             if self.down_since is None:
                 self.down_since = self.clock()
             self.failed_calls += 1
-        log.warning("API call failed (%s): %s", what, describe_error(error))
+        log.warning("API call failed (%s): %s", what, error if isinstance(error, str) else describe_error(error))
 
     def call_succeeded(self) -> None:
         if self.down_since is None:
@@ -170,7 +171,8 @@ async def watchdog(
         plurals = served_plurals(insights)
         for name in health.served:
             health.served[name] = name in plurals
-        if crd_served and not set(WATCHED) <= plurals:
+        # Before kopf's own first scan (it starts after the start-up handlers) there is nothing to judge.
+        if crd_served and insights.ready_resources.is_set() and not set(WATCHED) <= plurals:
             log.warning("kopf watches %s, not %s: scanning the API's resources again", sorted(plurals) or "nothing",
                         sorted(set(WATCHED) - plurals))
             try:
@@ -199,3 +201,40 @@ def kopf_rescan(insights: Any, registry: Any, settings: Any) -> Callable[[], Any
             insights.revised.notify_all()
 
     return rescan
+
+
+class RetryForever:
+    """kopf's `settings.networking.error_backoffs`: kopf gives a request up after its backoffs (54 s by default),
+    after which a watch stream can stop for good; not being Sized, this one never runs out."""
+
+    def __init__(self, backoffs: tuple[float, ...] = (1, 1, 2, 3, 5, 8), then: float = 10) -> None:
+        self.backoffs, self.then = backoffs, then
+
+    def __iter__(self):
+        yield from self.backoffs
+        while True:
+            yield self.then
+
+
+_KOPF_RETRY = re.compile(r"^Request attempt (#\S+) failed; (?:will retry|escalating): (\S+) (\S+) -> (.*)$", re.S)
+
+
+class KopfRequestLog(logging.Filter):
+    """kopf logs each failed request at ERROR with the whole exception repr (~400 characters); this turns it into
+    the operator's own one warning line per failed call (and counts it as an outage)."""
+
+    def __init__(self, health: WatchHealth) -> None:
+        super().__init__()
+        self._health = health
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _KOPF_RETRY.match(record.getMessage())
+        if match is None:
+            return True
+        attempt, method, url, error = match.groups()
+        path = url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
+        kind = "watch" if "watch=true" in url else method
+        causes = re.findall(r"(\w+Error)\((?:\d+, )?(?:'([^']*)'|\"([^\"]*)\")", error)
+        text = f"{causes[-1][0]}: {causes[-1][1] or causes[-1][2]}" if causes else error[:200]
+        self._health.call_failed(f"{kind} /{path}, kopf attempt {attempt}", text[:300])
+        return False

@@ -155,7 +155,7 @@ class KwokCluster:
     name: str | None = None  # None: a cluster this process did not start (TRAINING_HUB_KUBECONFIG)
     workdir: Path | None = None
     _logs_dir: Path | None = field(default=None, repr=False)
-    _apiserver_launch: tuple | None = field(default=None, repr=False)  # (argv, cwd, env) kept by stop_apiserver
+    _launches: dict = field(default_factory=dict, repr=False)  # component -> (argv, cwd, env), by stop_apiserver
 
     # --- plumbing -----------------------------------------------------------------------------
     @property
@@ -200,50 +200,82 @@ class KwokCluster:
             time.sleep(0.5)
 
     # --- API-server outages ----------------------------------------------------------------------
-    def apiserver_pid(self) -> int | None:
-        """The running kube-apiserver of this cluster (its command line names the cluster's workdir)."""
+    def _component_pids(self) -> dict[str, int]:
+        """Running components by binary name (kube-apiserver, kube-scheduler, ...)."""
+        found = {}
         for pid in self.pids():
             try:
-                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
             except OSError:
                 continue
-            if argv0.endswith(b"kube-apiserver") and _alive(pid):
-                return pid
-        return None
+            if _alive(pid):
+                found[Path(argv0).name] = pid
+        return found
+
+    def apiserver_pid(self) -> int | None:
+        return self._component_pids().get("kube-apiserver")
 
     def stop_apiserver(self, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
-        """Stops this cluster's kube-apiserver only (etcd, controllers and kwok keep running), remembering how it
-        was started so that `start_apiserver` brings the same one back. SIGKILL is the crash; SIGTERM a restart."""
-        pid = self.apiserver_pid()
-        if pid is None:
+        """Stops this cluster's kube-apiserver only (etcd, controllers and kwok keep running), remembering how every
+        component was started, so that `start_apiserver` brings the API server back and, like the kubelet of a real
+        control-plane node, restarts the scheduler or controller-manager that exit when they lose their leader
+        lease during the outage. SIGKILL is the crash; SIGTERM a graceful restart."""
+        pids = self._component_pids()
+        if "kube-apiserver" not in pids:
             raise ControlPlaneUnavailable(f"cluster {self.name}: no kube-apiserver running")
-        proc = Path(f"/proc/{pid}")
-        self._apiserver_launch = (
-            [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg],
-            os.readlink(proc / "cwd"),
-            dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line),
-        )
-        os.kill(pid, sig)
-        if _wait_until_gone({pid}, timeout):
-            raise ControlPlaneUnavailable(f"cluster {self.name}: kube-apiserver {pid} still running after {timeout}s")
+        launches = {}
+        for name, pid in pids.items():
+            proc = Path(f"/proc/{pid}")
+            try:
+                launches[name] = (
+                    [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg],
+                    os.readlink(proc / "cwd"),
+                    dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line),
+                )
+            except OSError:
+                continue
+        self._launches = launches
+        os.kill(pids["kube-apiserver"], sig)
+        if _wait_until_gone({pids["kube-apiserver"]}, timeout):
+            raise ControlPlaneUnavailable(f"cluster {self.name}: kube-apiserver still running after {timeout}s")
 
-    def start_apiserver(self, wait_ready: float | None = 120) -> int:
-        """Starts the kube-apiserver stopped by `stop_apiserver` again (same flags; log appended to its log file).
-        With `wait_ready`, returns once /readyz answers. `stop_cluster` finds it like every other component."""
-        launch = self._apiserver_launch
-        if launch is None:
+    def _launch(self, name: str) -> subprocess.Popen:
+        argv, cwd, env = self._launches[name]
+        log_name = "kwok-controller" if name == "kwok" else name
+        with open(Path(self.workdir or cwd) / "logs" / f"{log_name}.log", "ab") as log:
+            return subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_apiserver(self, wait_ready: float = 120, watch_components: float = 20) -> None:
+        """Starts the kube-apiserver stopped by `stop_apiserver` again (same flags; log appended) and returns once
+        /readyz answers; for `watch_components` seconds more, a background thread restarts any other component
+        that exits (lost leader lease). `stop_cluster` finds the new processes like every other component."""
+        if not self._launches:
             raise ControlPlaneUnavailable(f"cluster {self.name}: start_apiserver without stop_apiserver")
-        argv, cwd, env = launch
-        log_path = Path(self.workdir or cwd) / "logs" / "kube-apiserver.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if wait_ready:
-            deadline = time.monotonic() + wait_ready
-            while self.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode != 0:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise ControlPlaneUnavailable(f"cluster {self.name}: kube-apiserver not ready again ({log_path})")
-                time.sleep(0.2)
-        return process.pid
+        process = self._launch("kube-apiserver")
+        deadline = time.monotonic() + wait_ready
+        while self.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ControlPlaneUnavailable(f"cluster {self.name}: kube-apiserver not ready again (see its log)")
+            time.sleep(0.2)
+        self.revive_components()
+        if watch_components > 0:
+            import threading
+
+            def watch() -> None:
+                until = time.monotonic() + watch_components
+                while time.monotonic() < until:
+                    time.sleep(0.5)
+                    self.revive_components()
+
+            threading.Thread(target=watch, daemon=True, name="revive-components").start()
+
+    def revive_components(self) -> list[str]:
+        """Restarts the components (seen by the last `stop_apiserver`) that are not running; returns their names."""
+        running = self._component_pids()
+        revived = [name for name in self._launches if name not in running]
+        for name in revived:
+            self._launch(name)
+        return revived
 
     # --- nodes --------------------------------------------------------------------------------
     def create_gpu_nodes(

@@ -126,6 +126,8 @@ class _Resource:
 class _Insights:
     def __init__(self, *plurals: str) -> None:
         self.watched_resources = {_Resource(p) for p in plurals}
+        self.ready_resources = asyncio.Event()
+        self.ready_resources.set()  # kopf's first scan is done
 
 
 def _run_watchdog_ticks(monkeypatch, discover, insights, rescan, ticks: int) -> None:
@@ -168,6 +170,9 @@ def test_watchdog_does_not_rescan_while_the_crd_is_not_served(monkeypatch):
 
     _run_watchdog_ticks(monkeypatch, lambda: False, insights, rescan, ticks=3)
     assert rescans == []
+    insights.ready_resources.clear()  # nor before kopf's own first scan
+    _run_watchdog_ticks(monkeypatch, lambda: True, insights, rescan, ticks=3)
+    assert rescans == []
     assert health_for_watchdog.served == {"sftjobs": False, "pods": True}
     assert health_for_watchdog.problems() == ["not watching sftjobs"]
 
@@ -207,3 +212,31 @@ def test_kopf_rescan_makes_kopf_watch_what_the_api_now_serves(monkeypatch):
 
     first, second = asyncio.run(scenario())
     assert first == {"pods"} and second == {"pods", "sftjobs"}
+
+
+def test_kopf_retries_never_run_out():
+    backoffs = watch_health.RetryForever(backoffs=(1, 2), then=10)
+    first = [b for _, b in zip(range(50), backoffs)]
+    assert first[:3] == [1, 2, 10] and first[-1] == 10 and len(first) == 50
+    assert next(iter(backoffs)) == 1  # every request starts over
+    assert not hasattr(backoffs, "__len__")  # kopf counts Sized backoffs and escalates after the last one
+
+
+def test_kopf_request_failures_become_one_short_warning_each(caplog):
+    health = WatchHealth()
+    logger = logging.getLogger("kopf._cogs.clients.api.test")
+    logger.addFilter(watch_health.KopfRequestLog(health))
+    caplog.set_level(logging.DEBUG)
+    logger.error(
+        "Request attempt #2/9 failed; will retry: GET https://127.0.0.1:32752/api/v1/namespaces/ns/pods?watch=true"
+        "&resourceVersion=305 -> ClientConnectorError(ConnectionKey(host='127.0.0.1', port=32752, is_ssl=True, "
+        "ssl=True, proxy=None), ConnectionRefusedError(111, \"Connect call failed ('127.0.0.1', 32752)\"))"
+    )
+    logger.error("something kopf says that is not a failed request")
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        ("WARNING", "API call failed (watch /api/v1/namespaces/ns/pods, kopf attempt #2/9): "
+                    "ConnectionRefusedError: Connect call failed ('127.0.0.1', 32752)"),
+        ("ERROR", "something kopf says that is not a failed request"),
+    ]
+    assert not health.reachable
