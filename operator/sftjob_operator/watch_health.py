@@ -207,7 +207,7 @@ class RetryForever:
     """kopf's `settings.networking.error_backoffs`: kopf gives a request up after its backoffs (54 s by default),
     after which a watch stream can stop for good; not being Sized, this one never runs out."""
 
-    def __init__(self, backoffs: tuple[float, ...] = (1, 1, 2, 3, 5, 8), then: float = 10) -> None:
+    def __init__(self, backoffs: tuple[float, ...] = (0.5, 1, 2, 3), then: float = 5) -> None:
         self.backoffs, self.then = backoffs, then
 
     def __iter__(self):
@@ -238,3 +238,13 @@ class KopfRequestLog(logging.Filter):
         text = f"{causes[-1][0]}: {causes[-1][1] or causes[-1][2]}" if causes else error[:200]
         self._health.call_failed(f"{kind} /{path}, kopf attempt {attempt}", text[:300])
         return False
+
+
+class FailedProbeLog(logging.Filter):
+    """A failing `watches` probe makes kopf's health endpoint answer 500 (what Kubernetes must see), and aiohttp
+    then logs the probe's exception with a traceback; kopf has already said why in one line ("Activity 'watches'
+    failed permanently: not watching sftjobs"), so that traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (error is not None and type(error).__name__ == "ActivityError")

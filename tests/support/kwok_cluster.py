@@ -269,12 +269,21 @@ class KwokCluster:
 
             threading.Thread(target=watch, daemon=True, name="revive-components").start()
 
+    # Components that exit when they cannot renew their leader lease (or lose the API server for good).
+    REVIVED = ("kube-scheduler", "kube-controller-manager", "kwok-controller")
+
     def revive_components(self) -> list[str]:
-        """Restarts the components (seen by the last `stop_apiserver`) that are not running; returns their names."""
+        """Restarts the components (seen by the last `stop_apiserver`) that exited; returns their names. Nothing
+        while the API server is down or the cluster is being deleted."""
+        if self.workdir is None or not (self.workdir / "kwok.yaml").exists() or self.apiserver_pid() is None:
+            return []
         running = self._component_pids()
-        revived = [name for name in self._launches if name not in running]
+        revived = [name for name in self.REVIVED if name in self._launches and name not in running]
         for name in revived:
-            self._launch(name)
+            try:
+                self._launch(name)
+            except OSError:  # the cluster was deleted meanwhile
+                return []
         return revived
 
     # --- nodes --------------------------------------------------------------------------------
