@@ -19,7 +19,8 @@ from typing import Iterator
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.cluster.operator_harness import OperatorProcess, create_pool, install_crd  # noqa: E402
+from tests.cluster.deploy_helpers import install_crd  # noqa: E402
+from tests.cluster.operator_harness import POOL_LABEL, OperatorProcess, create_pool  # noqa: E402
 from tests.support import kwok_cluster  # noqa: E402
 
 
@@ -32,7 +33,10 @@ def bench_cluster(name: str = "th-bench", *, pool_nodes: int = 8, gpus_per_node:
     cluster = kwok_cluster.attach_cluster(external, bin_dir) if external else kwok_cluster.start_cluster(name, bin_dir)
     try:
         install_crd(cluster)
-        create_pool(cluster, count=pool_nodes, gpus_per_node=gpus_per_node)
+        # Someone else's cluster (e.g. the test session's, for the CI smoke run) keeps the pool it has: its other
+        # users size their tests by it.
+        if not (external and cluster.kubectl("get", "nodes", "-l", POOL_LABEL, "-o", "name").stdout.strip()):
+            create_pool(cluster, count=pool_nodes, gpus_per_node=gpus_per_node)
         yield cluster
     finally:
         for namespace in _namespaces:
