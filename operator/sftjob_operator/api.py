@@ -528,7 +528,18 @@ class SFTJobSpec(_K8sModel):
         default=29500,
         ge=1024,
         le=65535,
-        description="TCP port of the rendezvous on the rank-0 pod (torchrun c10d); the rank-0 Service exposes it.",
+        description="TCP port of the rendezvous on the rank-0 pod (torchrun c10d); the rank-0 Service exposes it. "
+        "With hostNetwork it is a port of the node itself: jobs that may share nodes need different ports.",
+    )
+    host_network: bool = Field(
+        default=False,
+        description="Run each pod in its node's network namespace, as bare-metal GPU clusters with RDMA/InfiniBand "
+        "do for NCCL. The pods' DNS policy becomes ClusterFirstWithHostNet, so the rank-0 Service name still "
+        "resolves. Pods on one node then share its ports: every pod reserves rdzvPort as a hostPort, so the "
+        "scheduler never places two pods that need the same port on one node; such a pod waits, and the job's "
+        "Running condition says which port is taken (reason RendezvousPortInUse), as it does when a process "
+        "outside Kubernetes holds the port. Needs a namespace whose Pod Security level allows host networking "
+        "(privileged). Takes effect with the next gang.",
     )
 
     # Pods

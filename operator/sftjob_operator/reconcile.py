@@ -300,8 +300,37 @@ def classify_failure(pod: Mapping[str, Any]) -> PodFailure | None:
         return PodFailure(rank, name, exit_code, "Preempted", message or "the pod was terminated", False, False)
     if exit_code == ExitCode.RENDEZVOUS_TIMEOUT:
         return PodFailure(rank, name, exit_code, "RendezvousTimeout", message, False, True)
+    if any(marker in message for marker in _ADDRESS_IN_USE_MARKERS):
+        # A process outside the scheduler's view (host network) held the port: retryable, the port may free up.
+        text = "the rendezvous port was already in use on the pod's node (with hostNetwork, another process there " \
+               f"holds spec.rdzvPort; set another port): {message}"
+        return PodFailure(rank, name, exit_code, REASON_PORT_IN_USE, text, False, True)
     reason = container_reason if container_reason and container_reason != "Error" else "TrainingFailed"
     return PodFailure(rank, name, exit_code, reason, message, False, True)
+
+
+REASON_PORT_IN_USE = "RendezvousPortInUse"
+# What torch's TCPStore (and any socket bind) reports when the rendezvous port is already taken.
+_ADDRESS_IN_USE_MARKERS = ("EADDRINUSE", "address already in use")
+
+
+def port_conflict(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message when a pod waits because its hostPort (hostNetwork: the rdzv port) is taken on the
+    nodes that would otherwise fit it; None otherwise."""
+    scheduled = st.find_condition((pod.get("status") or {}).get("conditions"), "PodScheduled")
+    if not scheduled or scheduled.get("status") != "False" or scheduled.get("reason") != "Unschedulable":
+        return None
+    message = str(scheduled.get("message") or "")
+    return message if "free ports" in message else None
+
+
+def _host_ports(pod: Mapping[str, Any]) -> list[int]:
+    return [
+        port["hostPort"]
+        for container in (pod.get("spec") or {}).get("containers") or ()
+        for port in container.get("ports") or ()
+        if port.get("hostPort")
+    ]
 
 
 def _pick_failure(failures: list[PodFailure]) -> PodFailure:
@@ -696,7 +725,19 @@ class _Reconciler:
         else:
             waiting = sum(1 for pod in current.values() if _phase(pod) not in ("Running", "Succeeded"))
             self._set_phase(st.PENDING)
-            if self._condition_reason(st.RUNNING) is not None:
+            blocked = [(rank, pod, message) for rank, pod in sorted(current.items()) if (message := port_conflict(pod))]
+            if blocked:
+                rank, pod, scheduler_message = blocked[0]
+                ports = ", ".join(str(p) for p in _host_ports(pod))
+                text = (
+                    f"rank {rank} cannot be placed: port {ports} (spec.rdzvPort) is taken on the host "
+                    "network of the nodes that would fit it (another pod with hostNetwork or a hostPort holds it); "
+                    f"it waits until the port is free, or set another spec.rdzvPort. Scheduler: {scheduler_message}"
+                )
+                if self._condition_reason(st.RUNNING) != REASON_PORT_IN_USE:
+                    self._event("Warning", REASON_PORT_IN_USE, text)
+                self._condition(st.RUNNING, False, REASON_PORT_IN_USE, text)
+            elif self._condition_reason(st.RUNNING) is not None:
                 self._condition(st.RUNNING, False, "PodsPending", f"{waiting} pod(s) not running yet")
         self._deadline_requeue()
 

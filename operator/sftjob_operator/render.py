@@ -224,6 +224,16 @@ def _resources(spec: api.SFTJobSpec, config: OperatorConfig) -> dict[str, Any]:
     return resources
 
 
+def _rdzv_container_port(spec: api.SFTJobSpec) -> dict[str, Any]:
+    port: dict[str, Any] = {"name": RDZV_PORT_NAME, "containerPort": spec.rdzv_port, "protocol": "TCP"}
+    if spec.host_network:
+        # On the host network the port is the node's: as a hostPort the scheduler (NodePorts) keeps two pods that
+        # need it off one node, instead of the second failing to bind at rendezvous. Every rank reserves it, so a
+        # whole gang, not only rank 0, avoids nodes where another job's gang holds the port.
+        port["hostPort"] = spec.rdzv_port
+    return port
+
+
 def _affinity(name: str, spec: api.SFTJobSpec) -> dict[str, Any]:
     affinity = copy.deepcopy(_dump(spec.affinity)) if spec.affinity else {}
     anti = affinity.setdefault("podAntiAffinity", {})
@@ -282,7 +292,7 @@ def _pod(
         "imagePullPolicy": spec.image_pull_policy or config.image_pull_policy,
         "command": container_command(spec),
         "env": _environment(name, namespace, spec, rank, rdzv_id, config),
-        "ports": [{"name": RDZV_PORT_NAME, "containerPort": spec.rdzv_port, "protocol": "TCP"}],
+        "ports": [_rdzv_container_port(spec)],
         "resources": _resources(spec, config),
         "volumeMounts": mounts,
         "securityContext": {
@@ -316,6 +326,10 @@ def _pod(
         "imagePullSecrets": _dump(spec.image_pull_secrets) if spec.image_pull_secrets else None,
     }
     pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    if spec.host_network:
+        pod_spec["hostNetwork"] = True
+        # ClusterFirst would fall back to the node's resolver for host-network pods: the rank-0 Service would not resolve.
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
 
     metadata = _metadata(
         pod_name(name, rank), namespace, owner, dict(sorted(pod_labels.items())), dict(sorted(annotations.items()))

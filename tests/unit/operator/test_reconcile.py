@@ -885,3 +885,53 @@ def test_a_job_being_deleted_only_deletes_its_pods():
     assert creates(result) == [] and creates(result, "Service") == []
     assert sorted(d.name for d in deletes(result)) == ["train-node-0", "train-node-1"]
     assert run(job, []).actions == []
+
+# hostNetwork: the rendezvous port belongs to the node
+
+
+def _port_blocked(pod: dict, port: int = 31000) -> dict:
+    pod["spec"] = {"containers": [{"name": "trainer", "ports": [{"name": "rdzv", "containerPort": port, "hostPort": port}]}]}
+    pod["status"]["conditions"] = [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/4 nodes are available: 2 node(s) didn't have free ports for the requested pod ports, "
+                   "2 node(s) didn't match pod anti-affinity rules.",
+    }]
+    return pod
+
+
+def test_a_pod_waiting_for_a_taken_host_port_is_named_in_status_and_one_event():
+    job = make_job(2, hostNetwork=True, rdzvPort=31000)
+    job = applied(job, run(job, service=None))
+    pods = [make_pod(0), _port_blocked(make_pod(1, phase="Pending"))]
+    result = run(job, pods)
+    assert result.status["phase"] == "Pending"
+    running = condition(result.status, "Running")
+    assert (running["status"], running["reason"]) == ("False", rc.REASON_PORT_IN_USE)
+    assert "rank 1" in running["message"] and "port 31000" in running["message"]
+    assert "didn't have free ports" in running["message"]  # the scheduler's own words
+    assert event_reasons(result).count(rc.REASON_PORT_IN_USE) == 1
+    # Still blocked on the next pass: the condition stays, no second event.
+    again = run(applied(job, result), pods)
+    assert condition(again.status, "Running")["reason"] == rc.REASON_PORT_IN_USE
+    assert rc.REASON_PORT_IN_USE not in event_reasons(again)
+
+
+def test_other_unschedulable_pods_are_not_reported_as_port_collisions():
+    job = make_job(2, hostNetwork=True)
+    job = applied(job, run(job, service=None))
+    pod = make_pod(1, phase="Pending")
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                    "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]
+    result = run(job, [make_pod(0), pod])
+    assert rc.port_conflict(pod) is None
+    assert (condition(result.status, "Running") or {}).get("reason") != rc.REASON_PORT_IN_USE
+
+
+def test_a_rank_that_could_not_bind_the_rendezvous_port_restarts_the_gang_naming_the_port():
+    job = running_job(2, hostNetwork=True)
+    message = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+               "address. port: 29500, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+    result = run(job, [make_pod(0, phase="Failed", exit_code=1, message=message), make_pod(1)])
+    assert result.status["lastFailure"]["reason"] == rc.REASON_PORT_IN_USE
+    assert "spec.rdzvPort" in result.status["lastFailure"]["message"]
+    assert result.status["restarts"] == 1 and result.status["attempt"] == 1

@@ -400,3 +400,29 @@ def test_default_resources_never_touch_the_gpu_resource():
 
 def test_no_operator_defaults_keep_the_jobs_resources_exactly(gang):
     assert resources_of(four_node_job(), CONFIG) == gang.pods[0]["spec"]["containers"][0]["resources"]
+
+
+def test_pods_use_the_cluster_network_by_default(gang):
+    for pod in gang.pods:
+        assert "hostNetwork" not in pod["spec"] and "dnsPolicy" not in pod["spec"]
+        assert pod["spec"]["containers"][0]["ports"] == [{"name": "rdzv", "containerPort": 29500, "protocol": "TCP"}]
+
+
+def test_host_network_pods_resolve_the_service_and_reserve_the_rdzv_port_on_their_node():
+    gang = render.render_gang(four_node_job(hostNetwork=True, rdzvPort=31000), attempt=0, rdzv_id="r", config=CONFIG)
+    for pod in gang.pods:
+        spec = pod["spec"]
+        assert spec["hostNetwork"] is True
+        # ClusterFirst would use the node's resolver on the host network; the rank-0 Service must still resolve.
+        assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+        # Every rank reserves the port as a hostPort: the scheduler keeps gangs that need it off each other's nodes.
+        assert spec["containers"][0]["ports"] == [
+            {"name": "rdzv", "containerPort": 31000, "hostPort": 31000, "protocol": "TCP"}
+        ]
+        assert env_of(pod)[launch_env.RDZV_ENDPOINT] == "llama.team-a.svc:31000"
+    assert gang.service["spec"]["ports"][0]["targetPort"] == 31000
+
+
+def test_host_network_must_be_a_boolean():
+    with pytest.raises(api.InvalidSFTJob, match=r"spec\.hostNetwork"):
+        render.render_gang(four_node_job(hostNetwork="yes please"), attempt=0, rdzv_id="r", config=CONFIG)
