@@ -5,7 +5,8 @@ starts `python -m torch.distributed.run` with the same static rendezvous instruc
 (`--rdzv-endpoint` + `--node-rank`; `--standalone` on a single node) and this module as the worker.
 Each worker joins the process group (NCCL when CUDA is available, gloo otherwise), all-reduces a
 tensor in which every rank wrote `rank + 1`, checks that every element is `world * (world + 1) / 2`,
-then times all-reduces of `--size-bytes` and rank 0 prints one JSON line:
+then times all-reduces of `--size-bytes` (rank 0 prints `{"event": "progress", "step": i, "of": iters}` at most
+once a second meanwhile, read by the operator like training progress) and rank 0 prints one JSON line:
 
     {"event": "preflight", "ok": true, "backend": "gloo", "world_size": 2, "size_bytes": ...,
      "iters": 5, "seconds_per_iter": ..., "algbw_gbps": ..., "busbw_gbps": ...}
@@ -23,11 +24,14 @@ import sys
 import time
 from typing import Any, Sequence
 
+from training_hub.launch.progress import PROGRESS_EVENT, format_progress_line
+
 PREFLIGHT_EVENT = "preflight"
 PREFLIGHT_SUM_MISMATCH = 3  # worker exit code; torchrun reports the node as failed
 DEFAULT_SIZE_BYTES = 64 * 1024 * 1024
 DEFAULT_ITERS = 5
 DEFAULT_WARMUP = 1
+PROGRESS_INTERVAL_S = 1.0  # at most one progress line per second from rank 0
 
 
 def expected_sum(world_size: int) -> int:
@@ -110,9 +114,13 @@ def run_worker(size_bytes: int, iters: int, warmup: int, backend: str = "auto") 
                 dist.all_reduce(tensor)
             _synchronize(torch, use_cuda)
             dist.barrier()
-            start = time.perf_counter()
-            for _ in range(iters):
+            start = last_progress = time.perf_counter()
+            for step in range(1, iters + 1):
                 dist.all_reduce(tensor)
+                if rank == 0 and time.perf_counter() - last_progress >= PROGRESS_INTERVAL_S:
+                    # A long preflight shows how far it is, like training does (the operator's status.progress).
+                    print(format_progress_line({"event": PROGRESS_EVENT, "step": step, "of": iters}), flush=True)
+                    last_progress = time.perf_counter()
             _synchronize(torch, use_cuda)
             elapsed = time.perf_counter() - start
             # the slowest rank defines the collective's time

@@ -80,3 +80,20 @@ def test_bad_preflight_flags_exit_78(tmp_path):
     done = subprocess.run(cli_command(["preflight", "--size-mb", "-1"]), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 78
     assert read_summary(tmp_path / "summary") == {"outcome": "invalid_config", "message": "--size-mb: must be > 0 (got '-1')"}
+
+
+@pytest.mark.timeout(120)
+def test_rank0_prints_progress_lines_the_operator_reads(monkeypatch, capsys):
+    """One in-process rank over gloo: with the interval at 0 every timed all-reduce gives a progress line."""
+    from sftjob_operator.status import parse_progress_line
+    from training_hub.launch import preflight
+
+    monkeypatch.setattr(preflight, "PROGRESS_INTERVAL_S", 0.0)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                        "GLOO_SOCKET_IFNAME": "lo"}.items():
+        monkeypatch.setenv(name, value)
+    report = preflight.run_worker(size_bytes=4096, iters=3, warmup=0, backend="gloo")
+    assert report["ok"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"progress"' in line]
+    assert lines == [{"event": "progress", "step": step, "of": 3} for step in (1, 2, 3)]
+    assert parse_progress_line("\n".join(json.dumps(line) for line in lines))["step"] == 3
