@@ -11,8 +11,13 @@
 #   hack/control-plane.sh nodes [NAME] [COUNT] [GPUS]   adds fake GPU nodes
 #   hack/control-plane.sh kubeconfig [NAME]             prints the cluster's kubeconfig path
 #   hack/control-plane.sh status [NAME] | versions | bin-dir (prints the bin dir if complete; never builds)
+#   hack/control-plane.sh node-build          build (or find) what real nodes need: kubelet, CoreDNS, pause; prints the dir
+#   hack/control-plane.sh node-bin-dir        prints that dir if complete; never builds
+#   hack/control-plane.sh node-deps           apt-get install containerd runc busybox-static if missing (root)
+#   hack/control-plane.sh real-nodes [NAME] [COUNT] [GPUS]   adds real kubelet nodes (root; containerd + runc from Debian)
 #
 # Env: TRAINING_HUB_K8S_BIN   a directory that already holds all the binaries (skips the build)
+#      TRAINING_HUB_NODE_BIN  a directory that already holds kubelet, coredns and pause (skips node-build)
 #      TRAINING_HUB_CACHE     cache root (default ${XDG_CACHE_HOME:-~/.cache}/training-hub)
 # The braces make bash read the whole file before running it, so editing it mid-build is safe.
 {
@@ -30,6 +35,11 @@ HELM_K8S_MAJOR=1
 HELM_K8S_MINOR=37
 HELM_BUILD="$HELM_VERSION-k8s$HELM_K8S_MAJOR.$HELM_K8S_MINOR"
 REQUIRED_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
+# Real nodes (tests/support/real_nodes.py): the kubelet of the same release, CoreDNS for cluster DNS, and the
+# pod sandbox's pause binary compiled from Kubernetes' own build/pause/linux/pause.c.
+COREDNS_VERSION=v1.15.0
+PAUSE_VERSION=3.10.1
+NODE_BINARIES=(kubelet coredns pause)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_ROOT="${TRAINING_HUB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/training-hub}"
@@ -62,23 +72,20 @@ finish_component() {
   mv "$tmp" "$final"
 }
 
-build_kubernetes() {
-  local out="$BIN_CACHE/kubernetes-$K8S_VERSION"
-  has_all_binaries_in "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl && return 0
-  require_go
-  local started=$SECONDS mod_dir="$BUILD_ROOT/kubernetes-$K8S_VERSION"
-  log "building kubernetes $K8S_VERSION (cold: 15-30 min on 2 cores) in $mod_dir"
+# The wrapper module that requires k8s.io/kubernetes and pins each staging module (docs/control-plane.md).
+prepare_kubernetes_module() {
+  local mod_dir=$1
   mkdir -p "$mod_dir"
   local modfile
   modfile=$(cd "$mod_dir" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
   [[ -f "$modfile" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
-  local go_line godebug_line minor staging
+  local go_line godebug_line staging
   go_line=$(grep -m1 '^go ' "$modfile")
   godebug_line=$(grep -m1 '^godebug ' "$modfile" || true)
-  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   # Consumers don't inherit k8s.io/kubernetes's `replace k8s.io/x => ./staging/...`: pin each staging module to v0.<minor>.<patch>.
   staging=$(sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$modfile")
   [[ -n "$staging" ]] || die "no staging modules found in $modfile"
+  # go.sum is kept: a later component (the kubelet) reuses what an earlier one (kube-apiserver) verified.
   {
     echo "module training-hub/control-plane/kubernetes"
     echo
@@ -92,8 +99,15 @@ build_kubernetes() {
     for m in $staging; do echo "	$m => $m v0.${K8S_VERSION#v1.}"; done
     echo ")"
   } > "$mod_dir/go.mod"
-  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-              k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  echo "$godebug_line"
+}
+
+# go get + go build of k8s.io/kubernetes commands into `out`, stamped with the version as upstream does.
+build_kubernetes_commands() {
+  local out=$1; shift
+  local pkgs=("$@") mod_dir="$BUILD_ROOT/kubernetes-$K8S_VERSION" godebug_line minor
+  godebug_line=$(prepare_kubernetes_module "$mod_dir")
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   (cd "$mod_dir" && go get "${pkgs[@]/%/@$K8S_VERSION}" >&2) || die "go get of kubernetes $K8S_VERSION failed"
   # Keep upstream's runtime defaults even if `go get` raised the go line.
   if [[ -n "$godebug_line" ]] && ! grep -q '^godebug ' "$mod_dir/go.mod"; then echo "$godebug_line" >> "$mod_dir/go.mod"; fi
@@ -106,9 +120,90 @@ build_kubernetes() {
   local tmp="$out.tmp.$$"
   rm -rf "$tmp" && mkdir -p "$tmp"
   (cd "$mod_dir" && CGO_ENABLED=0 go build "${GO_BUILD_FLAGS[@]}" -tags "$K8S_TAGS" -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}" >&2) \
-    || die "building kubernetes $K8S_VERSION failed"
+    || die "building ${pkgs[*]##*/} $K8S_VERSION failed"
   finish_component "$tmp" "$out"
+}
+
+build_kubernetes() {
+  local out="$BIN_CACHE/kubernetes-$K8S_VERSION"
+  has_all_binaries_in "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl && return 0
+  require_go
+  local started=$SECONDS
+  log "building kubernetes $K8S_VERSION (cold: 15-30 min on 2 cores) in $BUILD_ROOT/kubernetes-$K8S_VERSION"
+  build_kubernetes_commands "$out" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
   log "kubernetes $K8S_VERSION built in $((SECONDS - started)) s"
+}
+
+build_kubelet() {
+  local out="$BIN_CACHE/kubelet-$K8S_VERSION"
+  has_all_binaries_in "$out" kubelet && return 0
+  require_go
+  local started=$SECONDS
+  log "building kubelet $K8S_VERSION (about 1 min once kube-apiserver's Go cache is warm)"
+  build_kubernetes_commands "$out" k8s.io/kubernetes/cmd/kubelet
+  log "kubelet $K8S_VERSION built in $((SECONDS - started)) s"
+}
+
+# CoreDNS with only the plugins cluster DNS needs (no forward: nothing leaves the machine), registered the way
+# CoreDNS documents for custom builds: a main package that imports them and sets the directive order.
+build_coredns() {
+  local out="$BIN_CACHE/coredns-$COREDNS_VERSION"
+  has_all_binaries_in "$out" coredns && return 0
+  require_go
+  local started=$SECONDS mod_dir="$BUILD_ROOT/coredns-$COREDNS_VERSION"
+  log "building coredns $COREDNS_VERSION (cold: about 7 min on 2 cores) in $mod_dir"
+  mkdir -p "$mod_dir"
+  printf 'module training-hub/node/coredns\n\ngo 1.24\n\nrequire github.com/coredns/coredns %s\n' "$COREDNS_VERSION" > "$mod_dir/go.mod"
+  cat > "$mod_dir/main.go" <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+// The order CoreDNS's plugin.cfg gives these plugins.
+func init() {
+	dnsserver.Directives = []string{"bind", "ready", "errors", "log", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  (cd "$mod_dir" && go mod tidy >&2) || die "resolving coredns $COREDNS_VERSION failed"
+  local tmp="$out.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$mod_dir" && CGO_ENABLED=0 go build "${GO_BUILD_FLAGS[@]}" \
+     -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" -o "$tmp/coredns" . >&2) \
+    || die "building coredns $COREDNS_VERSION failed"
+  finish_component "$tmp" "$out"
+  log "coredns $COREDNS_VERSION built in $((SECONDS - started)) s"
+}
+
+# The sandbox ("pause") binary, from the pause.c inside the k8s.io/kubernetes module: registry.k8s.io/pause
+# cannot be pulled here. Static, so a scratch image holding only it works (tests/support/real_nodes.py makes it).
+build_pause() {
+  local out="$BIN_CACHE/pause-$PAUSE_VERSION-k8s-$K8S_VERSION"
+  has_all_binaries_in "$out" pause && return 0
+  require_go
+  command -v gcc >/dev/null || die "gcc is not installed (apt-get install gcc libc6-dev); it compiles the pause binary"
+  local src
+  src=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  [[ -f "$src/build/pause/linux/pause.c" ]] || die "no build/pause/linux/pause.c in k8s.io/kubernetes@$K8S_VERSION"
+  local tmp="$out.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-training-hub" -o "$tmp/pause" "$src/build/pause/linux/pause.c" \
+    || die "compiling pause.c failed"
+  strip "$tmp/pause" 2>/dev/null || true
+  finish_component "$tmp" "$out"
+  log "pause $PAUSE_VERSION compiled"
 }
 
 build_etcd() {
@@ -208,6 +303,59 @@ ensure_binaries() {
   echo "$set_dir"
 }
 
+# Debian packages real nodes run on: containerd + runc (+ the CNI loopback plugin they pull in), and busybox
+# for the harness's smoke-test image. Installs only what is missing; needs root and apt.
+ensure_node_packages() {
+  local missing=() tool
+  for tool in containerd runc busybox; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || { log "real nodes need: ${missing[*]} (not root or no apt-get; not installed)"; return 1; }
+  local started=$SECONDS
+  log "installing containerd runc busybox-static (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd runc busybox-static >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd runc busybox-static >&2; } \
+    || die "apt-get install containerd runc busybox-static failed"
+  log "node packages installed in $((SECONDS - started)) s"
+}
+
+node_set_dir() {
+  echo "$BIN_CACHE/nodes-k8s-$K8S_VERSION-coredns-$COREDNS_VERSION-pause-$PAUSE_VERSION"
+}
+
+has_node_binaries() {
+  has_all_binaries_in "$1" "${NODE_BINARIES[@]}"
+}
+
+# Prints the directory holding kubelet, coredns and pause, building what is missing (after the control plane:
+# the kubelet reuses kube-apiserver's module and Go cache).
+ensure_node_binaries() {
+  if [[ -n "${TRAINING_HUB_NODE_BIN:-}" ]]; then
+    has_node_binaries "$TRAINING_HUB_NODE_BIN" || die "TRAINING_HUB_NODE_BIN=$TRAINING_HUB_NODE_BIN lacks one of: ${NODE_BINARIES[*]}"
+    echo "$TRAINING_HUB_NODE_BIN"
+    return 0
+  fi
+  local set_dir
+  set_dir=$(node_set_dir)
+  if has_node_binaries "$set_dir"; then echo "$set_dir"; return 0; fi
+  ensure_binaries >/dev/null
+  mkdir -p "$BIN_CACHE" "$BUILD_ROOT"
+  exec 9>"$CACHE_ROOT/build.lock"
+  flock 9
+  if ! has_node_binaries "$set_dir"; then
+    local started=$SECONDS
+    build_kubelet
+    build_pause
+    build_coredns
+    mkdir -p "$set_dir"
+    ln -sfn "$BIN_CACHE/kubelet-$K8S_VERSION/kubelet" "$set_dir/kubelet"
+    ln -sfn "$BIN_CACHE/coredns-$COREDNS_VERSION/coredns" "$set_dir/coredns"
+    ln -sfn "$BIN_CACHE/pause-$PAUSE_VERSION-k8s-$K8S_VERSION/pause" "$set_dir/pause"
+    log "node binaries ready in $set_dir ($((SECONDS - started)) s)"
+  fi
+  flock -u 9
+  echo "$set_dir"
+}
+
 python_bin() {
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then echo "$REPO_ROOT/.venv/bin/python"; else command -v python3; fi
 }
@@ -234,10 +382,20 @@ main() {
     bin-dir)  # prints the binaries' directory if complete; never builds
       if [[ -n "${TRAINING_HUB_K8S_BIN:-}" ]]; then has_all_binaries "$TRAINING_HUB_K8S_BIN" && echo "$TRAINING_HUB_K8S_BIN" && exit 0; exit 1; fi
       has_all_binaries "$(bin_set_dir)" && bin_set_dir && exit 0; exit 1 ;;
+    node-build) ensure_node_binaries ;;
+    node-deps) ensure_node_packages ;;
+    node-bin-dir)  # prints the node binaries' directory if complete; never builds
+      if [[ -n "${TRAINING_HUB_NODE_BIN:-}" ]]; then has_node_binaries "$TRAINING_HUB_NODE_BIN" && echo "$TRAINING_HUB_NODE_BIN" && exit 0; exit 1; fi
+      has_node_binaries "$(node_set_dir)" && node_set_dir && exit 0; exit 1 ;;
     versions)
-      echo "kubernetes $K8S_VERSION"; echo "etcd $ETCD_VERSION"; echo "kwok $KWOK_VERSION"; echo "helm $HELM_VERSION" ;;
+      echo "kubernetes $K8S_VERSION"; echo "etcd $ETCD_VERSION"; echo "kwok $KWOK_VERSION"; echo "helm $HELM_VERSION"
+      echo "coredns $COREDNS_VERSION"; echo "pause $PAUSE_VERSION" ;;
+    real-nodes)
+      local node_bin
+      node_bin=$(ensure_node_binaries)
+      TRAINING_HUB_NODE_BIN="$node_bin" cluster_cli "$cmd" "$@" ;;
     up|down|nodes|kubeconfig|status) cluster_cli "$cmd" "$@" ;;
-    *) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
+    *) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
   esac
 }
 

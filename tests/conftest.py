@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import kwok_cluster  # noqa: E402
+from tests.support import kwok_cluster, real_nodes  # noqa: E402
 
 
 def _cluster_required() -> bool:
@@ -55,12 +55,36 @@ def _lookup_bin_dir() -> tuple[Path | None, str]:
     return _bin_dir_lookup
 
 
+def _real_nodes_required() -> bool:
+    return os.environ.get("TRAINING_HUB_REQUIRE_REAL_NODES", "").strip().lower() not in ("", "0", "false", "no")
+
+
+_real_node_lookup: list[str] | None = None
+
+
+def _missing_for_real_nodes() -> list[str]:
+    global _real_node_lookup
+    if _real_node_lookup is None:
+        _real_node_lookup = real_nodes.missing_prerequisites()
+    return _real_node_lookup
+
+
+def _real_nodes_unavailable(reason: str):
+    if _real_nodes_required():
+        pytest.fail(f"TRAINING_HUB_REQUIRE_REAL_NODES is set, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Covers cluster tests that start their own clusters and never ask for the `cluster` fixture.
-    if item.get_closest_marker("cluster") is not None:
+    if item.get_closest_marker("cluster") is not None or item.get_closest_marker("realnode") is not None:
         bin_dir, reason = _lookup_bin_dir()
         if bin_dir is None:
             _unavailable(reason)
+    if item.get_closest_marker("realnode") is not None:
+        missing = _missing_for_real_nodes()
+        if missing:
+            _real_nodes_unavailable("real nodes need " + "; ".join(missing))
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +96,11 @@ def k8s_bin_dir() -> Path:
 
 
 SESSION_CLUSTER_PREFIX = "th-test-"
+REAL_CLUSTER_PREFIX = "th-real-"
 # Clusters named <prefix><pid> by test sessions and tests; those of dead processes are removed.
 LEFTOVER_CLUSTER_PREFIXES = (
-    SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-", "th-helm-", "th-demo-"
+    SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-", "th-helm-", "th-demo-",
+    REAL_CLUSTER_PREFIX, "th-rdown-",
 )
 
 
@@ -124,14 +150,14 @@ class _SessionCluster:
             cls.owned_name = cls.cluster = None
 
 
-def _start_with_one_retry(name: str, bin_dir: Path) -> kwok_cluster.KwokCluster:
+def _start_with_one_retry(name: str, bin_dir: Path, **options) -> kwok_cluster.KwokCluster:
     # On a loaded 2-core machine a start has been seen to miss its deadline once and pass at once
     # on the next try; a second failure is real and is reported with the component logs.
     try:
-        return kwok_cluster.start_cluster(name, bin_dir)
+        return kwok_cluster.start_cluster(name, bin_dir, **options)
     except kwok_cluster.ControlPlaneUnavailable as first:
         print(f"\ntest cluster: first start failed, retrying once: {first}", file=sys.stderr)
-        return kwok_cluster.start_cluster(name, bin_dir)
+        return kwok_cluster.start_cluster(name, bin_dir, **options)
 
 
 def pytest_runtestloop(session: pytest.Session) -> None:
@@ -143,6 +169,72 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     _SessionCluster.stop()
+    _RealCluster.stop()
+
+
+class _RealCluster:
+    """A cluster of its own with 2 real kubelet nodes beside 1 fake node (tests marked ``realnode``): real pods
+    must never land among the session cluster's fake-node tests. Started on first use, stopped at session end."""
+
+    cluster: kwok_cluster.KwokCluster | None = None
+    error: str | None = None
+    owned_name: str | None = None
+    missing_images: dict[str, str] = {}
+    REAL_NODES = 2
+
+    @classmethod
+    def start(cls, bin_dir: Path) -> None:
+        if cls.cluster is not None or cls.error is not None:
+            return
+        kwok_cluster.stop_clusters_of_dead_processes(REAL_CLUSTER_PREFIX)
+        cls.owned_name = f"{REAL_CLUSTER_PREFIX}{os.getpid()}"
+        _stop_on_sigterm()
+        # The project's images go into the nodes' shared image store once (tests needing a missing one skip or,
+        # in CI, fail naming it).
+        archives = []
+        for image in real_nodes.PROJECT_IMAGES:
+            archive, why_not = real_nodes.project_image_archive(image)
+            if archive is None:
+                cls.missing_images[image] = why_not
+            else:
+                archives.append(archive)
+        try:
+            cluster = _start_with_one_retry(cls.owned_name, bin_dir, nodes=1)
+            cluster.add_real_nodes(cls.REAL_NODES, archives=archives)
+            cls.cluster = cluster
+        except (kwok_cluster.ControlPlaneUnavailable, real_nodes.RealNodesUnavailable, OSError,
+                subprocess.SubprocessError) as error:
+            cls.error = f"the real-node cluster did not start: {error}"
+            cls.stop()
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.owned_name is not None:
+            kwok_cluster.stop_cluster(cls.owned_name, _lookup_bin_dir()[0])
+            cls.owned_name = cls.cluster = None
+
+
+@pytest.fixture(scope="session")
+def real_cluster(k8s_bin_dir: Path) -> kwok_cluster.KwokCluster:
+    """A cluster with 2 real nodes (``.real_nodes``: names, images, ctr) and 1 fake GPU node; see real_nodes.py."""
+    missing = _missing_for_real_nodes()
+    if missing:
+        _real_nodes_unavailable("real nodes need " + "; ".join(missing))
+    _RealCluster.start(k8s_bin_dir)
+    if _RealCluster.cluster is None:
+        _real_nodes_unavailable(_RealCluster.error or "the real-node cluster did not start")
+    return _RealCluster.cluster
+
+
+@pytest.fixture(scope="session")
+def real_images(real_cluster) -> dict[str, str]:
+    """The project's operator and trainer image names, present on every real node (hack/images.sh builds them)."""
+    if _RealCluster.missing_images:
+        reason = "real-node tests need " + "; ".join(_RealCluster.missing_images.values())
+        if not (Path(__file__).resolve().parent.parent / "hack" / "images.sh").exists():
+            pytest.skip(reason)  # no way to build images in this checkout: nothing CI could require
+        _real_nodes_unavailable(reason)
+    return dict(real_nodes.PROJECT_IMAGES)
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+if not __package__:  # run as a script (hack/control-plane.sh)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support import real_nodes  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTROL_PLANE_SCRIPT = REPO_ROOT / "hack" / "control-plane.sh"
 REQUIRED_BINARIES = (
@@ -156,6 +160,16 @@ class KwokCluster:
     workdir: Path | None = None
     _logs_dir: Path | None = field(default=None, repr=False)
     _launches: dict = field(default_factory=dict, repr=False)  # component -> (argv, cwd, env), by stop_apiserver
+    real_nodes: "real_nodes.RealNodes | None" = None  # set by add_real_nodes
+
+    def add_real_nodes(self, count: int = 2, gpus_per_node: int = DEFAULT_GPUS_PER_NODE, archives=()) -> list[str]:
+        """Starts `count` real kubelet nodes (tests/support/real_nodes.py) beside the fake ones; returns their names."""
+        if self.workdir is None:
+            raise ControlPlaneUnavailable("real nodes need a cluster started here (its workdir holds the CA)")
+        self.real_nodes = real_nodes.start_real_nodes(
+            self.workdir, self.kubeconfig, str(self.bin_dir / "kubectl"), count, gpus_per_node, archives=archives
+        )
+        return self.real_nodes.names()
 
     # --- plumbing -----------------------------------------------------------------------------
     @property
@@ -572,7 +586,7 @@ def _wait_until_gone(pids: set[int], timeout: float) -> set[int]:
     return alive
 
 
-def _config_yaml(bin_dir: Path) -> str:
+def _config_yaml(bin_dir: Path, workdir: Path) -> str:
     # JSON is YAML; kwokctl reads a multi-document file, here one KwokctlConfiguration.
     options = {
         "runtime": "binary",
@@ -587,7 +601,33 @@ def _config_yaml(bin_dir: Path) -> str:
         "enableCRDs": ["Logs", "ClusterLogs"],
         "disableQPSLimits": True,
     }
-    return json.dumps({"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokctlConfiguration", "options": options})
+    pki = workdir / "pki"
+    patches = [
+        # kwok plays only the fake nodes, so real kubelets can join the same cluster (tests/support/real_nodes.py).
+        {
+            "name": "kwok-controller",
+            "extraArgs": [
+                {"key": "manage-all-nodes", "value": "false", "override": True},
+                {"key": "manage-nodes-with-annotation-selector", "value": f"{FAKE_NODE_ANNOTATION}=fake"},
+            ],
+        },
+        # The API server shows real kubelets a client certificate (logs, exec), so they need no anonymous access.
+        {
+            "name": "kube-apiserver",
+            "extraArgs": [
+                {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+                {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+            ],
+        },
+    ]
+    return json.dumps(
+        {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokctlConfiguration",
+            "options": options,
+            "componentsPatches": patches,
+        }
+    )
 
 
 def start_cluster(
@@ -618,7 +658,7 @@ def start_cluster(
     config_dir = kwok_workdir() / "configs"
     config_dir.mkdir(parents=True, exist_ok=True)
     config_path = config_dir / f"{name}.yaml"
-    config_path.write_text(_config_yaml(bin_dir))
+    config_path.write_text(_config_yaml(bin_dir, workdir))
     cmd = [
         str(bin_dir / "kwokctl"), "--config", str(config_path), "create", "cluster", "--name", name,
         "--runtime", "binary", "--kubeconfig", "", "--wait", f"{int(timeout)}s", "--timeout", f"{int(timeout)}s",
@@ -665,6 +705,9 @@ def stop_cluster(name: str = DEFAULT_CLUSTER_NAME, bin_dir: Path | None = None, 
     """Deletes the cluster and ends every process it started, even if kwokctl's own bookkeeping is broken."""
     workdir = cluster_dir(name)
     bin_dir = bin_dir or find_bin_dir()
+    # Real nodes first: their kubelets would otherwise outlive the API server, and their pods' processes, mounts
+    # and cgroups are not kwokctl's to clean.
+    real_nodes.stop_real_nodes(workdir)
     # Taken before kwokctl signals them: an exiting process loses its command line before it is gone,
     # so a scan made afterwards can miss one that is still running down.
     started = _pids_mentioning(workdir)
@@ -731,6 +774,11 @@ def _main(argv: Sequence[str]) -> int:
     nodes.add_argument("count", nargs="?", type=int, default=DEFAULT_NODE_COUNT)
     nodes.add_argument("gpus", nargs="?", type=int, default=DEFAULT_GPUS_PER_NODE)
     nodes.add_argument("--prefix", default="gpu-node")
+    real = sub.add_parser("real-nodes", help="add real kubelet nodes (containerd + runc; root)")
+    real.add_argument("name", nargs="?", default=DEFAULT_CLUSTER_NAME)
+    real.add_argument("count", nargs="?", type=int, default=2)
+    real.add_argument("gpus", nargs="?", type=int, default=DEFAULT_GPUS_PER_NODE)
+    real.add_argument("--image", action="append", default=[], help="an image archive to import into every node")
     for cmd in ("kubeconfig", "status"):
         p = sub.add_parser(cmd)
         p.add_argument("name", nargs="?", default=DEFAULT_CLUSTER_NAME)
@@ -757,7 +805,15 @@ def _main(argv: Sequence[str]) -> int:
             kubeconfig=str(cluster_dir(args.name) / "kubeconfig.yaml"), bin_dir=bin_dir, name=args.name,
             workdir=cluster_dir(args.name),
         )
-        if args.command == "nodes":
+        if args.command == "real-nodes":
+            started = time.monotonic()
+            nodes = real_nodes.start_real_nodes(
+                cluster.workdir, cluster.kubeconfig, str(bin_dir / "kubectl"), args.count, args.gpus,
+                archives=[Path(p) for p in args.image],
+            )
+            print(f"control-plane: {args.count} real nodes Ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+            print("\n".join(nodes.names()))
+        elif args.command == "nodes":
             print("\n".join(cluster.create_gpu_nodes(args.count, args.gpus, prefix=args.prefix)))
         else:
             pids = sorted(cluster.pids())
@@ -769,6 +825,6 @@ def _main(argv: Sequence[str]) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(_main(sys.argv[1:]))
-    except (ControlPlaneUnavailable, ValueError, subprocess.CalledProcessError) as error:
+    except (ControlPlaneUnavailable, real_nodes.RealNodesUnavailable, ValueError, subprocess.CalledProcessError) as error:
         print(f"control-plane: error: {error}", file=sys.stderr)
         sys.exit(1)
