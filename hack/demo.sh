@@ -60,9 +60,9 @@ fi
 [[ -f "$JOB_MANIFEST" ]] || die "no such SFTJob manifest: $JOB_MANIFEST"
 mkdir -p "$STATE_DIR"
 
-step "1/6 Python environment (.venv: the library, the operator, the test tools)"
+step "1/6 Python environment (.venv: the library and the operator; no training stack, nothing here trains)"
 if [[ "${TRAINING_HUB_DEMO_SKIP_BOOTSTRAP:-}" != 1 ]]; then
-  bash hack/bootstrap.sh
+  bash hack/bootstrap.sh operator
 fi
 [[ -x .venv/bin/sftjob-operator ]] || die ".venv/bin/sftjob-operator missing; run bash hack/bootstrap.sh"
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, provides the control-plane binaries
-# (built from Go modules once, then cached under ~/.cache/training-hub), and runs pytest.
-# The cluster tests start their own kwokctl cluster and tear it down.
+# (built from Go modules once, then cached under ~/.cache/training-hub), installs podman, buildah and
+# mmdebstrap for the image tests (Debian packages), and runs pytest.
+# The cluster tests start their own kwokctl cluster and tear it down; the image tests build the images
+# (hack/images.sh: cached, a no-op when their inputs did not change) before the first test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/bootstrap.sh
@@ -13,5 +15,9 @@ if bash hack/control-plane.sh node-deps && node_bin=$(bash hack/control-plane.sh
   export TRAINING_HUB_NODE_BIN="$node_bin"
 else
   echo "test: real nodes unavailable here; tests marked realnode will say why" >&2
+fi
+if ! bash hack/images.sh prereqs; then
+  # Without them the image tests skip, naming what is missing (CI requires them: TRAINING_HUB_REQUIRE_IMAGES=1).
+  echo "test.sh: warning: could not install the image tools; the image tests will say what is missing" >&2
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import kwok_cluster, real_nodes  # noqa: E402
+from tests.support import images, kwok_cluster, real_nodes  # noqa: E402
 
 
 def _cluster_required() -> bool:
@@ -163,6 +163,8 @@ def _start_with_one_retry(name: str, bin_dir: Path, **options) -> kwok_cluster.K
 def pytest_runtestloop(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
+    if any(item.get_closest_marker("images") is not None for item in session.items):
+        images.SessionImages.build()
     if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         _SessionCluster.start()
 

@@ -545,7 +545,12 @@ def run_operator(
     if not verbose:  # kopf logs every handled event at INFO ("Handler ... succeeded"): thousands per gang start
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same file
+        # kopf's login goes through the kubernetes client, which read $KUBECONFIG into its default path when
+        # imported, before this point: point both at the file (else `run --kubeconfig F` alone cannot log in).
+        from kubernetes.config import kube_config
+
+        os.environ["KUBECONFIG"] = kubeconfig
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     from kopf._cogs.structs.references import Insights  # kopf.run(insights=...): what kopf watches
 
     kube = Kube(load_api_client(kubeconfig))

@@ -33,7 +33,13 @@ def helm(cluster, *args: str, check: bool = True, timeout: float = 300) -> subpr
 
 def install_crd(cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/sftjobs.training-hub.io", "--timeout=60s")
+    # A CRD created a moment ago may have no status yet: `kubectl wait` then fails at once
+    # (".status.conditions accessor error") instead of waiting, so wait again until the deadline.
+    deadline = time.monotonic() + 60
+    wait = ("wait", "--for=condition=Established", "crd/sftjobs.training-hub.io", "--timeout=60s")
+    while cluster.kubectl(*wait, check=False).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    cluster.kubectl(*wait)
 
 
 def restricted_namespace(cluster, name: str) -> str:

@@ -210,7 +210,10 @@ def _sft_flag_fields() -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training_hub import __version__
+
     parser = _Parser(prog=PROG, description="Supervised fine-tuning on instructlab-training: pod entrypoint.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sft = commands.add_parser("sft", help="train (what an SFTJob pod runs)", description="Run SFT; see docs/entrypoint.md.")

@@ -1,7 +1,8 @@
 """The images' Dockerfiles: hadolint-clean, non-root, and their build contexts hold what they COPY.
 
-Images cannot be built on these machines (no Docker engine); these checks keep them buildable
-by `docker build -f images/<name>/Dockerfile .` from the repository root.
+These checks keep them buildable by `docker build -f images/<name>/Dockerfile .` from the repository root
+(production: upstream bases) and by hack/images.sh with podman here (a local base, a CPU trainer), which
+tests/images/ builds and runs.
 """
 
 import fnmatch
@@ -65,14 +66,32 @@ def test_operator_image_installs_only_the_operator_extra():
     assert "find_spec('torch') is None" in text
 
 
+def arg_defaults(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=?(.*)$", text, flags=re.M))
+
+
 def test_trainer_image_is_cuda_pytorch_with_instructlab_cuda_and_deepspeed():
     text = DOCKERFILES["trainer"].read_text()
-    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.M)
-    assert base and base.group(1).startswith("pytorch/pytorch:") and "cuda" in base.group(1)
+    defaults = arg_defaults(text)
+    # Production defaults: the CUDA PyTorch base, instructlab-training's CUDA and DeepSpeed extras, DeepSpeed pinned.
+    assert defaults["BASE_IMAGE"].startswith("pytorch/pytorch:") and "cuda" in defaults["BASE_IMAGE"]
+    assert defaults["INSTRUCTLAB_TRAINING_EXTRAS"] == "cuda,deepspeed"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", defaults["DEEPSPEED_VERSION"])
+    assert defaults["EXCLUDE_PACKAGES"] == ""
     install = " ".join(line for line in logical_lines(text) if "pip install" in line)
     assert "[train]" in install
-    assert "instructlab-training[cuda,deepspeed]==" in install
-    assert "deepspeed==" in install
+    assert "instructlab-training${INSTRUCTLAB_TRAINING_EXTRAS:+[${INSTRUCTLAB_TRAINING_EXTRAS}]}==" in install
+    assert '${DEEPSPEED_VERSION:+"deepspeed==${DEEPSPEED_VERSION}"}' in install
+
+
+def test_local_builds_pass_only_build_args_the_dockerfiles_declare():
+    """hack/images.sh builds the same Dockerfiles with other bases and a CPU stack: every --build-arg it passes
+    must be an ARG there (buildah, like docker, would otherwise ignore it with a mere warning)."""
+    script = (REPO / "hack" / "images.sh").read_text()
+    passed = set(re.findall(r"--build-arg \"?([A-Z_]+)=", script))
+    assert {"PYTHON_IMAGE", "BASE_IMAGE", "INSTRUCTLAB_TRAINING_EXTRAS", "DEEPSPEED_VERSION"} <= passed
+    declared = set(arg_defaults(DOCKERFILES["trainer"].read_text())) | set(arg_defaults(DOCKERFILES["operator"].read_text()))
+    assert passed <= declared, passed - declared
 
 
 def docker_ignored(ignore_file: Path, path: str) -> bool:

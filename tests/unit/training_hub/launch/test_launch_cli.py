@@ -246,3 +246,12 @@ def test_console_script_is_installed_and_runs(tmp_path):
                           env=clean_env(TRAINING_HUB_TERMINATION_LOG=str(tmp_path / "log")))
     assert done.returncode == 78
     assert "model_path: required" in done.stderr and "num_epochs: input should be greater than or equal to 1" in done.stderr
+
+
+def test_version_names_the_installed_library(capsys):
+    import training_hub
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"training-hub {training_hub.__version__}"
