@@ -263,14 +263,17 @@ archive() {
   image=$(image_of "$name")
   path=${2:-$STATE/$name.tar}
   build "$name"
+  mkdir -p "$(dirname "$path")"
   id=$(image_id "$image")
   # Re-exported only when the image changed.
   if [[ ! -f $path || ! -f "$path.id" || "$(cat "$path.id")" != "$id" ]]; then
     log "exporting $image to $path"
     rm -f "$path" "$path.id"
-    podman save --quiet --format docker-archive -o "$path.tmp" "$image"
-    mv "$path.tmp" "$path"
+    local started=$SECONDS
+    podman save --quiet --format docker-archive -o "$path.tmp.$$" "$image"
+    mv "$path.tmp.$$" "$path"
     echo "$id" > "$path.id"
+    log "exported in $((SECONDS - started)) s: $(du -m "$path" | cut -f1) MB"
   fi
   echo "$path"
 }
