@@ -1,6 +1,7 @@
 """The images built here (hack/images.sh) run: as pods would run them, read-only and non-root, on the host network.
 
-- the operator image serves /healthz and reconciles an SFTJob on the test cluster (the real API server);
+- the operator image serves /healthz and reconciles an SFTJob on the test cluster (the real API server), given
+  only `--kubeconfig` (no $KUBECONFIG: kopf's login must still find the file);
 - the trainer image's entrypoint answers, imports its stack, and runs a real preflight (torchrun, 2 ranks, gloo
   all-reduce on CPU) that writes its termination summary.
 """
