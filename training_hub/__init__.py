@@ -15,6 +15,8 @@ Public API (the names of the reference, https://github.com/Red-Hat-AI-Innovation
 - Bad parameters raise `ParameterError` (a `ValueError`) listing every problem; a failed run raises
   `RuntimeError` (`TrainingFailedError` with `.exit_status` and `.log_path` when torchrun failed,
   `TrainingInterruptedError` when it stopped after an on-demand checkpoint and can resume).
+- `prepare_data(**params)`: instructlab's data processing once, into `data_output_dir`, with a manifest;
+  `sft()` then reuses it (see docs/library.md, "Prepared data").
 - `create_algorithm("sft", "instructlab-training")`, `AlgorithmRegistry.list_algorithms()`,
   `AlgorithmRegistry.list_backends("sft")`.
 - Also exported: `TrainingResult`, `TrainingFailedError`, `TrainingInterruptedError`,
@@ -34,6 +36,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "sft": "training_hub.algorithms.sft",
+    "prepare_data": "training_hub.algorithms.sft",
     "SFTAlgorithm": "training_hub.algorithms.sft",
     "Algorithm": "training_hub.algorithms.base",
     "Backend": "training_hub.algorithms.base",
@@ -53,7 +56,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from training_hub.algorithms.base import Algorithm, Backend
     from training_hub.algorithms.registry import AlgorithmRegistry, create_algorithm
-    from training_hub.algorithms.sft import SFTAlgorithm, sft
+    from training_hub.algorithms.sft import SFTAlgorithm, prepare_data, sft
     from training_hub.backends.instructlab import (
         InstructLabTrainingSFTBackend,
         TrainingFailedError,

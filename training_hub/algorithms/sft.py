@@ -6,7 +6,7 @@ mean" hint, local paths checked) before its backend imports anything heavy.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from training_hub.algorithms.base import Algorithm, Backend
 from training_hub.algorithms.registry import AlgorithmRegistry
@@ -17,6 +17,9 @@ from training_hub.params import (
     local_path_problems,
     parse_train_kwargs,
 )
+
+if TYPE_CHECKING:
+    from training_hub.backends.prepare import PreparedData
 
 
 class SFTAlgorithm(Algorithm):
@@ -152,3 +155,28 @@ def sft(
 
     algorithm = create_algorithm("sft", backend)
     return algorithm.train(model_path=model_path, data_path=data_path, ckpt_output_dir=ckpt_output_dir, **kwargs)
+
+
+def prepare_data(
+    model_path: str | None = None,
+    data_path: str | None = None,
+    ckpt_output_dir: str | None = None,
+    *,
+    force: bool = False,
+    **kwargs: Any,
+) -> "PreparedData":
+    """Prepare `sft()`'s data once, on CPU, before training: the same parameters as `sft()`.
+
+    Runs instructlab's data processing into `data_output_dir` (default `<ckpt_output_dir>/data`) atomically and
+    writes a manifest of what it was made from; a later `sft()` with the same inputs reuses it instead of
+    processing again. Does nothing (`reused=True`) when a matching manifest is there, unless `force`. Distributed
+    settings, if given, are ignored. Raises `ParameterError` naming the file and line of bad data.
+    """
+    from training_hub.algorithms.registry import create_algorithm
+    from training_hub.backends.prepare import prepare
+    from training_hub.params import DISTRIBUTED_FIELDS
+
+    algorithm = create_algorithm("sft", DEFAULT_BACKEND)
+    call = {"model_path": model_path, "data_path": data_path, "ckpt_output_dir": ckpt_output_dir, **kwargs}
+    call = {name: value for name, value in call.items() if name not in DISTRIBUTED_FIELDS}
+    return prepare(algorithm.validate(call), force=force)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from training_hub.algorithms.base import Backend
 from training_hub.backends.metrics import last_step_metrics, metrics_path
+from training_hub.backends.prepare import ensure_prepared
 from training_hub.params import DEFAULT_BACKEND, ParameterError, TrainRequest, parse_train_kwargs
 
 if TYPE_CHECKING:
@@ -479,6 +480,11 @@ class InstructLabTrainingSFTBackend(Backend):
             # done. Other nodes leave the folders alone: on a volume they do not share, their epoch folders
             # never hold the metadata (global rank 0 writes it), yet instructlab still needs them there.
             set_aside_incomplete_full_states(ckpt)
+        if training_args.process_data is not False:
+            # Once per data set, not per node: node rank 0 prepares (or reuses a matching manifest), the other
+            # nodes wait for it; instructlab would otherwise rewrite the shared data.jsonl on every node at once.
+            ensure_prepared(request)
+            training_args = training_args.model_copy(update={"process_data": False})
         state_before = read_full_state(ckpt)
         if state_before is not None:
             log.info("%s holds a full state of epoch %d: training resumes from it", ckpt, state_before.epoch)
@@ -495,9 +501,6 @@ class InstructLabTrainingSFTBackend(Backend):
             with _launcher_on_path(torchrun):
                 run_training(torch_args=torchrun_args, train_args=training_args)
         except RuntimeError as exc:
-            if str(exc).startswith("Dataset does not contain any samples"):  # instructlab's data processing
-                raise ParameterError([f"max_seq_len: every sample of {training_args.data_path} is longer than "
-                                      f"max_seq_len={training_args.max_seq_len} tokens; raise max_seq_len"]) from exc
             if capture.exit_status is None and not str(exc).startswith("Suffered a failure during distributed"):
                 raise  # not the launcher's failure: let it through unchanged
             raise self._failure(capture.exit_status, log_path, node_rank) from exc

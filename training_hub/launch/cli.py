@@ -1,6 +1,7 @@
-"""`training-hub sft | preflight | params`: what each SFTJob pod runs (also `python -m training_hub`).
+"""`training-hub sft | prepare | preflight | params`: what each SFTJob pod runs (also `python -m training_hub`).
 
     training-hub sft --config /etc/training-hub/params.json [--num-epochs 3 ...]
+    training-hub prepare --config /etc/training-hub/params.json [--force]
 
 Parameters come from the config file (JSON or YAML, camelCase or snake_case SFTParams), then the
 TRAINING_HUB_* environment (distributed settings), then flags: later ones win. The command checks
@@ -209,16 +210,9 @@ def _sft_flag_fields() -> dict[str, Any]:
     return {name: info for name, info in SFTParams.model_fields.items() if name != "extra_args"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from training_hub import __version__
-
-    parser = _Parser(prog=PROG, description="Supervised fine-tuning on instructlab-training: pod entrypoint.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    sft = commands.add_parser("sft", help="train (what an SFTJob pod runs)", description="Run SFT; see docs/entrypoint.md.")
-    sft.add_argument("--config", help="JSON or YAML file of SFT parameters (camelCase or snake_case)")
-    params = sft.add_argument_group("SFT parameters (override the config file)")
+def _add_sft_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON or YAML file of SFT parameters (camelCase or snake_case)")
+    params = parser.add_argument_group("SFT parameters (override the config file)")
     for name, info in _sft_flag_fields().items():
         flag = "--" + name.replace("_", "-")
         help_text = (info.description or "").split(". ")[0].replace("%", "%%")
@@ -231,7 +225,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--extra", action="append", default=[], metavar="NAME=VALUE",
         help="a TrainingArgs field passed to the backend (VALUE parsed as JSON when it is JSON); repeatable",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training_hub import __version__
+
+    parser = _Parser(prog=PROG, description="Supervised fine-tuning on instructlab-training: pod entrypoint.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sft = commands.add_parser("sft", help="train (what an SFTJob pod runs)", description="Run SFT; see docs/entrypoint.md.")
+    _add_sft_flags(sft)
     _add_distributed_flags(sft)
+
+    prepare = commands.add_parser(
+        "prepare", help="prepare the data once, on CPU (what an SFTJob's prepare pod runs)",
+        description="Run instructlab's data processing once into data_output_dir, atomically, with a manifest that "
+        "later training runs match against to skip processing. Takes the parameters of `sft`.",
+    )
+    _add_sft_flags(prepare)
+    prepare.add_argument("--force", action="store_true", help="prepare again even when a matching manifest exists")
+    prepare.add_argument("--termination-log", help=f"summary file [{launch_env.TERMINATION_LOG}, default /dev/termination-log]")
 
     preflight = commands.add_parser(
         "preflight", help="all-reduce across the gang under torchrun, print bandwidth",
@@ -315,15 +329,7 @@ def command_sft(args: argparse.Namespace, environ: Mapping[str, str], trainer: s
     try:
         try:
             launch = launch_env.read_launch_environment(environ)
-            file_values = load_config_file(args.config) if args.config else {}
-            flag_values = {name: getattr(args, name) for name in _sft_flag_fields() if getattr(args, name) is not None}
-            if args.backend is not None:
-                flag_values["backend"] = args.backend
-            extra = _parse_extra(args.extra)
-            if extra:
-                file_extra = merge_settings(file_values).get("extra_args") or {}
-                flag_values["extra_args"] = {**(file_extra if isinstance(file_extra, Mapping) else {}), **extra}
-            kwargs = merge_settings(file_values, launch.distributed, _flag_distributed(args), flag_values)
+            kwargs = _sft_settings(args, launch.distributed, _flag_distributed(args))
             request = check_train_kwargs(kwargs)
             timeout_s = _rdzv_timeout(args, launch)
         except ValueError as exc:  # ConfigError, ParameterError, LaunchEnvironmentError
@@ -335,6 +341,47 @@ def command_sft(args: argparse.Namespace, environ: Mapping[str, str], trainer: s
         return _train(run, kwargs, request, trainer)
     except Interrupted as exc:
         return run.finish(Outcome.PREEMPTED, f"{exc} before training started", 128 + exc.signum)
+
+
+def _sft_settings(args: argparse.Namespace, *distributed: Mapping[str, Any]) -> dict[str, Any]:
+    """The sft() keyword arguments: config file, then the distributed layers, then flags (later ones win)."""
+    file_values = load_config_file(args.config) if args.config else {}
+    flag_values = {name: getattr(args, name) for name in _sft_flag_fields() if getattr(args, name) is not None}
+    if args.backend is not None:
+        flag_values["backend"] = args.backend
+    extra = _parse_extra(args.extra)
+    if extra:
+        file_extra = merge_settings(file_values).get("extra_args") or {}
+        flag_values["extra_args"] = {**(file_extra if isinstance(file_extra, Mapping) else {}), **extra}
+    return merge_settings(file_values, *distributed, flag_values)
+
+
+def command_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`training-hub prepare`: the data processing of `sft`, once, in this process (no GPU, no rendezvous)."""
+    from training_hub.params import DISTRIBUTED_FIELDS, ParameterError
+
+    run = _Run(_termination_log(args, environ))
+    try:
+        try:
+            kwargs = {k: v for k, v in _sft_settings(args).items() if k not in DISTRIBUTED_FIELDS}
+            check_train_kwargs(kwargs)
+        except ValueError as exc:
+            return run.finish(Outcome.INVALID_CONFIG, str(exc))
+        from training_hub.algorithms.sft import prepare_data
+
+        kwargs.pop("backend", None)
+        try:
+            prepared = prepare_data(force=args.force, **kwargs)
+        except ParameterError as exc:
+            return run.finish(Outcome.INVALID_CONFIG, str(exc))
+        except Exception as exc:  # retryable: a crash of the processing library, a full volume, ...
+            return run.finish(Outcome.FAILED, f"data preparation failed: {type(exc).__name__}: {exc}")
+        extra = {"data_output_dir": str(prepared.data_output_dir), "samples": prepared.samples,
+                 "reused": prepared.reused, "seconds": round(prepared.seconds, 3)}
+        message = prepared.describe()
+        return run.finish(Outcome.SUCCEEDED, message, summary=build_summary(Outcome.SUCCEEDED, message, extra=extra))
+    except Interrupted as exc:
+        return run.finish(Outcome.PREEMPTED, f"{exc} while preparing the data", 128 + exc.signum)
 
 
 def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> int:
@@ -502,6 +549,8 @@ def main(
         return int(ExitCode.INVALID_CONFIG)
     if args.command == "sft":
         return command_sft(args, environ, trainer)
+    if args.command == "prepare":
+        return command_prepare(args, environ)
     if args.command == "preflight":
         return command_preflight(args, environ)
     return command_params(args)
