@@ -109,6 +109,7 @@ class Phase(str, Enum):
     """Where an SFTJob is in its life."""
 
     PENDING = "Pending"
+    PREPARING = "Preparing"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -125,6 +126,7 @@ class ConditionType(str, Enum):
     Ready, Reconciling and Stalled follow kstatus (Flux): derived from the phase, exactly one is True.
     """
 
+    PREPARED = "Prepared"
     CREATED = "Created"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
@@ -430,6 +432,28 @@ class PreflightOptions(_K8sModel):
     )
 
 
+class PrepareOptions(_K8sModel):
+    """The prepare pod: one CPU pod that runs `training-hub prepare` (instructlab's data processing, once) before
+    each gang attempt, on the same volumes. The gang is created only once it succeeded."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the prepare pod (default). false: no prepare pod; the gang's node rank 0 then prepares the "
+        "data itself while the other nodes wait (GPUs reserved meanwhile). Not used in Preflight mode.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="CPU/memory requests and limits of the prepare pod (no GPU); the operator's defaults (chart value "
+        "prepare.resources) fill in the keys left out.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        max_length=MAX_MAP_ENTRIES,
+        description="Node labels the prepare pod must match (spec.nodeSelector, meant for GPU nodes, is not used: the "
+        "prepare pod needs no GPU). It gets spec.tolerations.",
+    )
+
+
 def _reserved_names_cel(names: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{name}'" for name in names) + "]"
 
@@ -471,6 +495,19 @@ SPEC_RULES: tuple[CrossFieldRule, ...] = (
         "self.resources.requests)) && (!has(self.resources.limits) || !(self.gpuResourceName in "
         "self.resources.limits)))",
     ),
+    CrossFieldRule(
+        field="prepare",
+        fields=("prepare", "gpu_resource_name"),
+        check=lambda v: v.get("prepare") is None or v["prepare"].resources is None
+        or all(
+            v.get("gpu_resource_name") not in (getattr(v["prepare"].resources, part) or {})
+            for part in ("requests", "limits")
+        ),
+        message="prepare.resources must not request the GPU resource (gpuResourceName): the prepare pod runs on CPU",
+        cel="!has(self.prepare) || !has(self.prepare.resources) || ((!has(self.prepare.resources.requests) || "
+        "!(self.gpuResourceName in self.prepare.resources.requests)) && (!has(self.prepare.resources.limits) || "
+        "!(self.gpuResourceName in self.prepare.resources.limits)))",
+    ),
 )
 
 
@@ -496,6 +533,12 @@ class SFTJobSpec(_K8sModel):
     )
     preflight: PreflightOptions | None = Field(
         default=None, description="Settings of the all-reduce in Preflight mode (only allowed then)."
+    )
+    prepare: PrepareOptions | None = Field(
+        default=None,
+        description="The prepare pod, which runs instructlab's data processing once on CPU before each gang attempt "
+        "(reusing prepared data whose manifest matches) so that GPUs never wait for tokenizing; a data error fails "
+        "the job with its file and line. Enabled by default in Train mode.",
     )
 
     # Gang shape
@@ -734,7 +777,7 @@ class Condition(_StatusModel):
     """A metav1.Condition: one aspect of the job's state."""
 
     type: str = Field(
-        min_length=1, max_length=316, description="Created, Running, Succeeded, Failed, Suspended, or the kstatus conditions Ready, Reconciling, Stalled."
+        min_length=1, max_length=316, description="Prepared, Created, Running, Succeeded, Failed, Suspended, or the kstatus conditions Ready, Reconciling, Stalled."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(
@@ -778,7 +821,7 @@ class Summary(_StatusModel):
 class LastFailure(_StatusModel):
     """The pod failure that caused the last gang restart, or the final failure."""
 
-    rank: int | None = Field(default=None, ge=0, description="Node rank of the failed pod.")
+    rank: int | None = Field(default=None, ge=0, description="Node rank of the failed pod (unset for the prepare pod).")
     exit_code: int | None = Field(default=None, description="Exit code of the training container.")
     reason: str | None = Field(default=None, description="Reason, e.g. Error, OOMKilled, Evicted, InvalidConfig.")
     message: str | None = Field(default=None, description="Message (from the termination summary or the pod).")
@@ -788,11 +831,11 @@ class SFTJobStatus(_StatusModel):
     """Observed state of an SFTJob, written by the operator."""
 
     phase: Phase | None = Field(
-        default=None, description="Pending, Running, Succeeded, Failed, Suspended or Restarting."
+        default=None, description="Pending, Preparing, Running, Succeeded, Failed, Suspended or Restarting."
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Latest observations (Created, Running, Succeeded, Failed, Suspended; Ready, Reconciling, Stalled for kstatus/Flux).",
+        description="Latest observations (Prepared, Created, Running, Succeeded, Failed, Suspended; Ready, Reconciling, Stalled for kstatus/Flux).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(

@@ -24,6 +24,7 @@ CLUSTER_DOMAIN = ENV_PREFIX + "CLUSTER_DOMAIN"
 SHM_SIZE_LIMIT = ENV_PREFIX + "SHM_SIZE_LIMIT"
 FORCE_DELETE_AFTER = ENV_PREFIX + "FORCE_DELETE_AFTER"
 DEFAULT_TRAINER_RESOURCES = ENV_PREFIX + "DEFAULT_TRAINER_RESOURCES"
+DEFAULT_PREPARE_RESOURCES = ENV_PREFIX + "DEFAULT_PREPARE_RESOURCES"
 
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -127,6 +128,8 @@ class OperatorConfig:
     default_trainer_resources: ResourceDefaults = ((), ())
     """(requests, limits) of the training container for the resources an SFTJob's spec.resources leaves out
     (render.py merges them per resource; the job's own values win)."""
+    default_prepare_resources: ResourceDefaults = ((), ())
+    """The same for the prepare pod (an SFTJob's spec.prepare.resources wins per resource)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "OperatorConfig":
@@ -166,11 +169,13 @@ class OperatorConfig:
             if not re.match(QUANTITY_PATTERN, size):
                 problems.append(f"{SHM_SIZE_LIMIT}: must be a Kubernetes quantity such as 16Gi (got {size!r})")
             values["shm_size_limit"] = size
-        if raw := get(DEFAULT_TRAINER_RESOURCES):
-            try:
-                values["default_trainer_resources"] = parse_resource_defaults(raw)
-            except ValueError as exc:
-                problems.append(f"{DEFAULT_TRAINER_RESOURCES}: {exc}")
+        for variable, name in ((DEFAULT_TRAINER_RESOURCES, "default_trainer_resources"),
+                               (DEFAULT_PREPARE_RESOURCES, "default_prepare_resources")):
+            if raw := get(variable):
+                try:
+                    values[name] = parse_resource_defaults(raw)
+                except ValueError as exc:
+                    problems.append(f"{variable}: {exc}")
         if problems:
             raise ConfigError("invalid operator configuration:\n  - " + "\n  - ".join(problems))
         return cls(**values)  # type: ignore[arg-type]

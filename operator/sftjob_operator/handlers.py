@@ -317,7 +317,7 @@ class JobReconciler:
         pods = self.kube.list_job_pods(namespace, name)
         service = configmap = {}
         attempt = int(old_status.get("attempt") or 0)
-        gang_started = any(rc.pod_attempt(pod) == attempt for pod in pods)
+        gang_started = any(rc.pod_attempt(pod) == attempt and not labels.is_prepare_pod(pod) for pod in pods)
         building = (
             old_status.get("phase") not in st.FINISHED_PHASES
             and not st.condition_is_true(old_status.get("conditions"), st.CREATED)

@@ -12,6 +12,9 @@ JOB_NAME = PREFIX + "job-name"
 NODE_RANK = PREFIX + "node-rank"
 ATTEMPT = PREFIX + "attempt"
 RDZV_ID = PREFIX + "rdzv-id"
+# Set only on the prepare pod (value PREPARE_ROLE): it is no node of the gang, has no node rank, joins no pod group.
+ROLE = PREFIX + "role"
+PREPARE_ROLE = "prepare"
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "training-hub-operator"
@@ -25,7 +28,7 @@ KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"  # annotati
 KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"  # annotation
 
 # Keys a user may not set through spec.podLabels / spec.podAnnotations: the operator owns them.
-RESERVED_POD_LABELS = (JOB_NAME, NODE_RANK, ATTEMPT, RDZV_ID, MANAGED_BY, KUEUE_QUEUE_NAME, KUEUE_POD_GROUP_NAME)
+RESERVED_POD_LABELS = (JOB_NAME, NODE_RANK, ATTEMPT, RDZV_ID, ROLE, MANAGED_BY, KUEUE_QUEUE_NAME, KUEUE_POD_GROUP_NAME)
 RESERVED_POD_ANNOTATIONS = (KUEUE_POD_GROUP_TOTAL_COUNT, KUEUE_RETRIABLE_IN_GROUP)
 
 
@@ -57,3 +60,12 @@ def pod_labels(job_name: str, *, rank: int, attempt: int, rdzv_id: str) -> dict[
         ATTEMPT: str(attempt),
         RDZV_ID: rdzv_id,
     }
+
+
+def prepare_pod_labels(job_name: str, *, attempt: int) -> dict[str, str]:
+    """The operator's labels on the prepare pod of one gang attempt (no node rank, no Kueue pod group)."""
+    return {**common_labels(job_name), ROLE: PREPARE_ROLE, ATTEMPT: str(attempt)}
+
+
+def is_prepare_pod(pod) -> bool:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(ROLE) == PREPARE_ROLE

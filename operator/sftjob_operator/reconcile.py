@@ -22,7 +22,11 @@ The gang rules, in the order they are checked:
    pod names; and two gangs must never rendezvous together). Pods stuck Terminating (lost node) are
    force-deleted after a bounded time.
 6. After a counted failure the next gang waits an exponential backoff.
-7. Missing Service/ConfigMap/pods of the current attempt are created (deterministic names: a second
+7. Train mode: before a gang attempt's pods, its prepare pod (`<job>-prepare-<attempt>`, CPU only) runs
+   `training-hub prepare`; phase Preparing until it succeeds. Exit 78 (bad data: file and line) fails the job
+   at once; any other failure starts a new attempt like a gang failure. A new attempt prepares again, which
+   reuses the data when its manifest still matches (seconds) and re-prepares when an input changed.
+8. Missing Service/ConfigMap/pods of the current attempt are created (deterministic names: a second
    create is a 409 the executor ignores). When the API server refuses one as invalid (400/422, observed as a
    `Rejection`) the job fails with reason Invalid<Kind>Spec and the API server's message: the spec cannot
    produce a valid object, so retrying would loop forever.
@@ -237,7 +241,7 @@ _DISRUPTION_POD_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class PodFailure:
-    rank: int
+    rank: int | None  # None: the prepare pod (no node of the gang)
     pod_name: str
     exit_code: int | None
     reason: str
@@ -246,20 +250,23 @@ class PodFailure:
     counted: bool  # against backoffLimit (False: eviction, preemption, node loss, deleted)
 
     def as_status(self, now: datetime) -> dict[str, Any]:
-        failure: dict[str, Any] = {"rank": self.rank, "reason": self.reason, "message": st.clip(self.message)}
+        failure: dict[str, Any] = {"reason": self.reason, "message": st.clip(self.message)}
+        if self.rank is not None:
+            failure = {"rank": self.rank, **failure}
         if self.exit_code is not None:
             failure["exitCode"] = self.exit_code
         return failure
 
     def describe(self) -> str:
         code = f" exit code {self.exit_code}" if self.exit_code is not None else ""
-        text = f"pod {self.pod_name} (rank {self.rank}){code}: {self.reason}"
+        role = "data preparation" if self.rank is None else f"rank {self.rank}"
+        text = f"pod {self.pod_name} ({role}){code}: {self.reason}"
         return f"{text}: {self.message}" if self.message else text
 
 
 def classify_failure(pod: Mapping[str, Any]) -> PodFailure | None:
     """Why a pod of the current gang no longer runs, or None if it is fine (pending, running, succeeded)."""
-    rank = pod_rank(pod) or 0
+    rank = None if labels.is_prepare_pod(pod) else (pod_rank(pod) or 0)
     name = pod["metadata"]["name"]
     pod_status = pod.get("status") or {}
     phase = _phase(pod)
@@ -335,7 +342,7 @@ def _host_ports(pod: Mapping[str, Any]) -> list[int]:
 
 def _pick_failure(failures: list[PodFailure]) -> PodFailure:
     """The failure that decides what happens: permanent > counted > disruption; lowest rank first."""
-    return sorted(failures, key=lambda f: (not f.permanent, not f.counted, f.rank))[0]
+    return sorted(failures, key=lambda f: (not f.permanent, not f.counted, f.rank or 0))[0]
 
 
 def progress_pod_name(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str | None:
@@ -383,6 +390,7 @@ class _Reconciler:
         self.status: dict[str, Any] = copy.deepcopy(dict(self.old))
         self.result = Result(status=self.status)
         self.pods = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == self.name]
+        self.prepare_pods = [p for p in self.pods if labels.is_prepare_pod(p)]
         self._pods_left_after_suspend = 0  # set by _suspend: a suspend is still in progress until they are gone
 
     # --- helpers ------------------------------------------------------------------------------------------------
@@ -413,6 +421,10 @@ class _Reconciler:
         current: dict[int, Mapping[str, Any]] = {}
         stale: list[Mapping[str, Any]] = []
         for pod in self.pods:
+            if labels.is_prepare_pod(pod):
+                if pod_attempt(pod) != self.attempt:
+                    stale.append(pod)  # a finished attempt's prepare pod: deleted before the next one starts
+                continue
             rank = pod_rank(pod)
             if pod_attempt(pod) == self.attempt and rank is not None and 0 <= rank < self.run_policy.nnodes and rank not in current:
                 current[rank] = pod
@@ -504,6 +516,9 @@ class _Reconciler:
         elif phase == st.RUNNING:
             running = st.find_condition(conditions, st.RUNNING) or {}
             state, reason, message = "ready", "GangRunning", running.get("message") or "the gang runs"
+        elif phase == st.PREPARING:
+            prepared = st.find_condition(conditions, st.PREPARED) or {}
+            state, reason, message = "reconciling", "Preparing", prepared.get("message") or "preparing the data"
         elif phase == st.SUSPENDED:
             suspended = st.find_condition(conditions, st.SUSPENDED) or {}
             message = suspended.get("message") or "spec.suspend is true"
@@ -605,7 +620,56 @@ class _Reconciler:
 
         if self._backing_off():
             return
+        if not current and not self._data_prepared():
+            return
         self._ensure_gang(current)
+
+    def _data_prepared(self) -> bool:
+        """Before a gang attempt: its prepare pod must have succeeded. Creates it when missing; sets the Preparing
+        phase and the Prepared condition; fails the job on a data error (exit 78) or starts a new attempt."""
+        try:
+            rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
+        except InvalidSFTJob:
+            return True  # _ensure_gang reports it
+        desired = rendered.prepare_pod
+        if desired is None:
+            return True
+        name = desired["metadata"]["name"]
+        pod = next((p for p in self.prepare_pods if pod_attempt(p) == self.attempt), None)
+        if pod is None:
+            self._ensure_shared_objects(rendered, {})
+            self.result.actions.append(CreateObject(desired))
+            if "startTime" not in self.status:
+                self.status["startTime"] = st.format_time(self.now)
+                self._deadline_requeue()
+            message = f"pod {name} prepares the data for gang attempt {self.attempt} (on CPU; the gang waits for it)"
+            self._set_phase(st.PREPARING)
+            self._condition(st.PREPARED, False, "Preparing", message)
+            self._event("Normal", "Preparing", message)
+            return False
+        failure = classify_failure(pod)
+        if failure is not None:
+            if failure.permanent:
+                self.status["lastFailure"] = failure.as_status(self.now)
+                message = f"preparing the data failed: {failure.message or failure.describe()}"
+                self._condition(st.PREPARED, False, "InvalidConfig", message)
+                self._finish(False, "InvalidConfig", message)
+            else:
+                self._condition(st.PREPARED, False, "PrepareFailed", failure.describe())
+                self._gang_failed(failure, {})
+            return False
+        if _phase(pod) == "Succeeded":
+            summary = st.parse_summary((_main_terminated_state(pod) or {}).get("message")) or {}
+            message = str(summary.get("message") or f"pod {name} prepared the data")
+            if not self._has_condition(st.PREPARED):
+                self._event("Normal", "DataPrepared", message)
+            self._condition(st.PREPARED, True, "DataReused" if summary.get("reused") else "DataPrepared", message)
+            return True
+        self._set_phase(st.PREPARING)
+        self._condition(st.PREPARED, False, "Preparing",
+                        f"pod {name} is {_phase(pod)}: preparing the data for gang attempt {self.attempt}")
+        self._deadline_requeue()
+        return False
 
     def _condition_keep_error(self, message: str) -> None:
         # A recorded API error (reason CreateFailed) stays visible until creation succeeds.
@@ -688,14 +752,7 @@ class _Reconciler:
             self._condition(st.CREATED, False, "InvalidSpec", str(error))
             self._finish(False, "InvalidSpec", str(error))
             return
-        if self.observed.service is None:
-            self.result.actions.append(CreateObject(rendered.service))
-        desired_data = (rendered.configmap or {}).get("data") or {}
-        if self.observed.configmap is None:
-            self.result.actions.append(CreateObject(rendered.configmap))
-        elif not current and dict(self.observed.configmap.get("data") or {}) != dict(desired_data):
-            # Parameters may change while suspended/between gangs; a gang must start from the current spec.
-            self.result.actions.append(ReplaceConfigMapData(rendered.configmap["metadata"]["name"], desired_data))
+        self._ensure_shared_objects(rendered, current)
 
         missing = [pod for rank, pod in enumerate(rendered.pods) if rank not in current]
         if missing:
@@ -740,6 +797,17 @@ class _Reconciler:
             elif self._condition_reason(st.RUNNING) is not None:
                 self._condition(st.RUNNING, False, "PodsPending", f"{waiting} pod(s) not running yet")
         self._deadline_requeue()
+
+    def _ensure_shared_objects(self, rendered: Any, current: Mapping[int, Mapping[str, Any]]) -> None:
+        """The rank-0 Service and the params ConfigMap, before any pod that uses them."""
+        if self.observed.service is None:
+            self.result.actions.append(CreateObject(rendered.service))
+        desired_data = (rendered.configmap or {}).get("data") or {}
+        if self.observed.configmap is None:
+            self.result.actions.append(CreateObject(rendered.configmap))
+        elif not current and dict(self.observed.configmap.get("data") or {}) != dict(desired_data):
+            # Parameters may change while suspended/between gangs; a gang must start from the current spec.
+            self.result.actions.append(ReplaceConfigMapData(rendered.configmap["metadata"]["name"], desired_data))
 
     def _deadline_requeue(self) -> None:
         deadline = self.run_policy.active_deadline_seconds

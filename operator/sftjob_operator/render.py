@@ -8,6 +8,8 @@ re-render after a restart and compare, and `sftjob-operator render` shows exactl
     ConfigMap <job>-params       params.json = spec.training (camelCase)
     Pod       <job>-node-<rank>  one per node; the entrypoint reads params.json and the TRAINING_HUB_* env
                                  (spec.mode Preflight: `training-hub preflight` with the same env instead)
+    Pod       <job>-prepare-<attempt>  before each gang attempt (Train mode): `training-hub prepare` on CPU, the
+                                 same params.json and volumes; `render_prepare_pod`
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ RDZV_PORT_NAME = "rdzv"
 TERMINATION_MESSAGE_PATH = launch_env.DEFAULT_TERMINATION_LOG
 ENTRYPOINT = ["training-hub", "sft", "--config", f"{api.PARAMS_MOUNT_PATH}/{api.PARAMS_FILE_NAME}"]
 PREFLIGHT_ENTRYPOINT = ["training-hub", "preflight"]
+PREPARE_ENTRYPOINT = ["training-hub", "prepare", "--config", f"{api.PARAMS_MOUNT_PATH}/{api.PARAMS_FILE_NAME}"]
+PREPARE_CONTAINER_NAME = "prepare"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 
@@ -40,10 +44,11 @@ class RenderedGang:
     service: dict[str, Any]
     configmap: dict[str, Any]
     pods: list[dict[str, Any]]
+    prepare_pod: dict[str, Any] | None = None  # created (and finished) before `pods`; None when not enabled
 
     def objects(self) -> list[dict[str, Any]]:
-        """Every object, in creation order (the endpoint and the parameters before the pods that use them)."""
-        return [self.service, self.configmap, *self.pods]
+        """Every object, in creation order (the parameters before the pods that use them, the prepare pod first)."""
+        return [self.service, self.configmap, *([self.prepare_pod] if self.prepare_pod else []), *self.pods]
 
 
 def service_name(job_name: str) -> str:
@@ -102,6 +107,8 @@ def render_gang(job: Mapping[str, Any], *, attempt: int, rdzv_id: str, config: O
             )
             for rank in range(spec.nnodes)
         ],
+        prepare_pod=_prepare_pod(name, namespace, spec, owner, attempt=attempt, config=config)
+        if prepare_enabled(spec) else None,
     )
 
 
@@ -199,24 +206,7 @@ def container_command(spec: api.SFTJobSpec) -> list[str]:
 
 
 def _resources(spec: api.SFTJobSpec, config: OperatorConfig) -> dict[str, Any]:
-    requests = dict((spec.resources.requests if spec.resources else None) or {})
-    limits = dict((spec.resources.limits if spec.resources else None) or {})
-    # The operator's defaults fill in what the job leaves out, per resource and per requests/limits; the job's own
-    # values win. A default that would contradict the job's value for the same resource (a default request above
-    # the job's limit, a default limit below the job's request) is left out, so the pod stays valid.
-    default_requests, default_limits = (dict(part) for part in config.default_trainer_resources)
-    for name, quantity in default_requests.items():
-        if name in requests or name == spec.gpu_resource_name:
-            continue
-        if name in limits and quantity_value(quantity) > quantity_value(limits[name]):
-            continue  # Kubernetes then takes the request from the job's limit
-        requests[name] = quantity
-    for name, quantity in default_limits.items():
-        if name in limits or name == spec.gpu_resource_name:
-            continue
-        if name in requests and quantity_value(requests[name]) > quantity_value(quantity):
-            continue  # the job asks for more than the default cap: it gets no cap rather than an invalid pod
-        limits[name] = quantity
+    requests, limits = _merged_resources(spec.resources, config.default_trainer_resources, spec.gpu_resource_name)
     limits[spec.gpu_resource_name] = spec.nproc_per_node
     resources: dict[str, Any] = {"limits": dict(sorted(limits.items()))}
     if requests:
@@ -234,15 +224,140 @@ def _rdzv_container_port(spec: api.SFTJobSpec) -> dict[str, Any]:
     return port
 
 
+def _merged_resources(
+    own: api.ResourceRequirements | None, defaults: Any, gpu_resource_name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    requests = dict((own.requests if own else None) or {})
+    limits = dict((own.limits if own else None) or {})
+    # The operator's defaults fill in what the job leaves out, per resource and per requests/limits; the job's own
+    # values win. A default that would contradict the job's value for the same resource (a default request above
+    # the job's limit, a default limit below the job's request) is left out, so the pod stays valid.
+    default_requests, default_limits = (dict(part) for part in defaults)
+    for name, quantity in default_requests.items():
+        if name in requests or name == gpu_resource_name:
+            continue
+        if name in limits and quantity_value(quantity) > quantity_value(limits[name]):
+            continue  # Kubernetes then takes the request from the job's limit
+        requests[name] = quantity
+    for name, quantity in default_limits.items():
+        if name in limits or name == gpu_resource_name:
+            continue
+        if name in requests and quantity_value(requests[name]) > quantity_value(quantity):
+            continue  # the job asks for more than the default cap: it gets no cap rather than an invalid pod
+        limits[name] = quantity
+    return requests, limits
+
+
 def _affinity(name: str, spec: api.SFTJobSpec) -> dict[str, Any]:
     affinity = copy.deepcopy(_dump(spec.affinity)) if spec.affinity else {}
     anti = affinity.setdefault("podAntiAffinity", {})
     required = anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", [])
-    # One pod per node: each pod must own its node's GPUs and NICs.
+    # One pod per node: each pod must own its node's GPUs and NICs. (The prepare pod does not count.)
     required.append(
-        {"labelSelector": {"matchLabels": labels.job_selector(name)}, "topologyKey": HOSTNAME_TOPOLOGY_KEY}
+        {
+            "labelSelector": {
+                "matchLabels": labels.job_selector(name),
+                "matchExpressions": [{"key": labels.ROLE, "operator": "DoesNotExist"}],
+            },
+            "topologyKey": HOSTNAME_TOPOLOGY_KEY,
+        }
     )
     return affinity
+
+
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _shared_volumes(spec: api.SFTJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The job's PVCs: (volumes, mounts), the same in every pod of the job."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for volume in spec.volumes or []:
+        volumes.append(
+            {"name": volume.name, "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": volume.read_only}}
+        )
+        mount = {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
+        if volume.sub_path:
+            mount["subPath"] = volume.sub_path
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def _optional_pod_fields(spec: api.SFTJobSpec, node_selector: Mapping[str, str] | None) -> dict[str, Any]:
+    optional = {
+        "nodeSelector": dict(sorted(node_selector.items())) if node_selector else None,
+        "tolerations": _dump(spec.tolerations) if spec.tolerations else None,
+        "priorityClassName": spec.priority_class_name,
+        "serviceAccountName": spec.service_account_name,
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        "imagePullSecrets": _dump(spec.image_pull_secrets) if spec.image_pull_secrets else None,
+    }
+    return {key: value for key, value in optional.items() if value is not None}
+
+
+def prepare_enabled(spec: api.SFTJobSpec) -> bool:
+    """Whether the job runs a prepare pod before each gang attempt (Train mode, unless spec.prepare.enabled is false)."""
+    return spec.mode is api.JobMode.TRAIN and (spec.prepare is None or spec.prepare.enabled)
+
+
+def prepare_pod_name(job_name: str, attempt: int) -> str:
+    return f"{job_name}-prepare-{attempt}"
+
+
+def render_prepare_pod(job: Mapping[str, Any], *, attempt: int, config: OperatorConfig) -> dict[str, Any]:
+    """The prepare pod of gang attempt `attempt`: `training-hub prepare` on the params ConfigMap and the job's volumes,
+    no GPU, outside the gang's Kueue pod group (and queue), so it never holds or waits for GPU quota."""
+    metadata = job["metadata"]
+    return _prepare_pod(metadata["name"], metadata.get("namespace") or "default", api.load_spec(job),
+                        _owner_reference(job), attempt=attempt, config=config)
+
+
+def _prepare_pod(
+    name: str, namespace: str, spec: api.SFTJobSpec, owner: dict[str, Any], *, attempt: int, config: OperatorConfig
+) -> dict[str, Any]:
+    options = spec.prepare or api.PrepareOptions()
+    pod_labels = {**(spec.pod_labels or {}), **labels.prepare_pod_labels(name, attempt=attempt)}
+    shared_volumes, shared_mounts = _shared_volumes(spec)
+    requests, limits = _merged_resources(options.resources, config.default_prepare_resources, spec.gpu_resource_name)
+    resources = {part: dict(sorted(values.items())) for part, values in (("requests", requests), ("limits", limits)) if values}
+    container: dict[str, Any] = {
+        "name": PREPARE_CONTAINER_NAME,
+        "image": spec.image or config.trainer_image,
+        "imagePullPolicy": spec.image_pull_policy or config.image_pull_policy,
+        "command": list(PREPARE_ENTRYPOINT),
+        "env": [{"name": launch_env.TERMINATION_LOG, "value": TERMINATION_MESSAGE_PATH}, *_dump(spec.env or [])],
+        "resources": resources,
+        "volumeMounts": [
+            {"name": PARAMS_VOLUME, "mountPath": api.PARAMS_MOUNT_PATH, "readOnly": True},
+            *shared_mounts,
+        ],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.env_from:
+        container["envFrom"] = _dump(spec.env_from)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a failure is decided by the operator (exit 78: the job fails; else a new attempt)
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        "containers": [container],
+        "volumes": [{"name": PARAMS_VOLUME, "configMap": {"name": configmap_name(name)}}, *shared_volumes],
+        **_optional_pod_fields(spec, options.node_selector),
+    }
+    if spec.host_network:  # where the gang's nodes need it, so may the prepare pod's (no port is opened)
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    annotations = dict(sorted((spec.pod_annotations or {}).items()))
+    pod_metadata = _metadata(prepare_pod_name(name, attempt), namespace, owner,
+                             dict(sorted(pod_labels.items())), annotations)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": pod_spec}
 
 
 def _pod(
@@ -269,22 +384,17 @@ def _pod(
     shm_size = spec.shm_size if spec.shm_size is not None else config.shm_size_limit
     if shm_size is not None:
         shm["sizeLimit"] = shm_size
+    shared_volumes, shared_mounts = _shared_volumes(spec)
     volumes: list[dict[str, Any]] = [
         {"name": PARAMS_VOLUME, "configMap": {"name": configmap_name(name)}},
         {"name": SHM_VOLUME, "emptyDir": shm},
+        *shared_volumes,
     ]
     mounts: list[dict[str, Any]] = [
         {"name": PARAMS_VOLUME, "mountPath": api.PARAMS_MOUNT_PATH, "readOnly": True},
         {"name": SHM_VOLUME, "mountPath": api.SHM_MOUNT_PATH},
+        *shared_mounts,
     ]
-    for volume in spec.volumes or []:
-        volumes.append(
-            {"name": volume.name, "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": volume.read_only}}
-        )
-        mount = {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
-        if volume.sub_path:
-            mount["subPath"] = volume.sub_path
-        mounts.append(mount)
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -295,12 +405,7 @@ def _pod(
         "ports": [_rdzv_container_port(spec)],
         "resources": _resources(spec, config),
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         # The summary when the entrypoint wrote one, else the log tail (e.g. a crash before it could).
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -312,20 +417,12 @@ def _pod(
         # The operator restarts the whole gang; a kubelet restart of one container would rejoin a dead rendezvous.
         "restartPolicy": "Never",
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "affinity": _affinity(name, spec),
         "containers": [container],
         "volumes": volumes,
+        **_optional_pod_fields(spec, spec.node_selector),
     }
-    optional = {
-        "nodeSelector": dict(sorted(spec.node_selector.items())) if spec.node_selector else None,
-        "tolerations": _dump(spec.tolerations) if spec.tolerations else None,
-        "priorityClassName": spec.priority_class_name,
-        "serviceAccountName": spec.service_account_name,
-        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
-        "imagePullSecrets": _dump(spec.image_pull_secrets) if spec.image_pull_secrets else None,
-    }
-    pod_spec.update({key: value for key, value in optional.items() if value is not None})
     if spec.host_network:
         pod_spec["hostNetwork"] = True
         # ClusterFirst would fall back to the node's resolver for host-network pods: the rank-0 Service would not resolve.

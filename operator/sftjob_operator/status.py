@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from sftjob_operator.api import ConditionType, Phase
 
 # Plain-string names of the API's enums (the status is handled as JSON dicts here).
+PREPARED = ConditionType.PREPARED.value
 CREATED = ConditionType.CREATED.value
 RUNNING = ConditionType.RUNNING.value
 SUCCEEDED = ConditionType.SUCCEEDED.value
@@ -25,6 +26,7 @@ STALLED = ConditionType.STALLED.value
 CONDITION_TYPES = tuple(condition.value for condition in ConditionType)
 
 PENDING = Phase.PENDING.value
+PREPARING = Phase.PREPARING.value
 RESTARTING = Phase.RESTARTING.value
 PHASES = tuple(phase.value for phase in Phase)
 FINISHED_PHASES = (SUCCEEDED, FAILED)

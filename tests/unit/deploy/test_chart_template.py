@@ -150,6 +150,23 @@ def test_trainer_resources_reach_the_operator_config(helm_binary):
     assert configured.default_trainer_resources == ((("cpu", "0.5"), ("memory", "64Gi")), (("memory", "128Gi"),))
 
 
+
+@pytest.mark.timeout(60)
+def test_prepare_resources_reach_the_operator_config(helm_binary):
+    """values.yaml prepare.resources -> SFTJOB_OPERATOR_DEFAULT_PREPARE_RESOURCES -> OperatorConfig (default: a
+    modest CPU request, no GPU ever)."""
+    from sftjob_operator.config import OperatorConfig
+
+    def operator_config(*values: str) -> OperatorConfig:
+        (deployment,) = by_kind(render(helm_binary, *values), "Deployment")
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
+
+    assert operator_config().default_prepare_resources == ((("cpu", "2"), ("memory", "4Gi")), ())
+    configured = operator_config("--set", "prepare.resources.requests.cpu=16", "--set", "prepare.resources.limits.memory=64Gi")
+    assert configured.default_prepare_resources == ((("cpu", "16"), ("memory", "4Gi")), (("memory", "64Gi"),))
+
+
 @pytest.mark.timeout(60)
 def test_metrics_service_targets_the_metrics_port_and_servicemonitor_is_optional(helm_binary):
     objects = render(helm_binary)

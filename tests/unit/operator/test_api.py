@@ -276,9 +276,11 @@ def test_status_rejects_unknown_phase_and_condition_status():
 
 
 def test_phase_and_condition_enums_match_the_contract():
-    assert [p.value for p in api.Phase] == ["Pending", "Running", "Succeeded", "Failed", "Suspended", "Restarting"]
+    assert [p.value for p in api.Phase] == [
+        "Pending", "Preparing", "Running", "Succeeded", "Failed", "Suspended", "Restarting"
+    ]
     assert [c.value for c in api.ConditionType] == [
-        "Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Reconciling", "Stalled"
+        "Prepared", "Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Reconciling", "Stalled"
     ]
 
 

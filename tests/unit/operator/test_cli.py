@@ -40,7 +40,7 @@ def test_examples_render_to_what_render_gang_returns(capsys, monkeypatch, exampl
 def test_multi_node_example_is_4_by_8_gpus(capsys):
     code, out, _ = run_cli(capsys, "render", "-f", str(EXAMPLES / "sftjob-multi-node.yaml"))
     assert code == 0
-    pods = [d for d in yaml.safe_load_all(out) if d["kind"] == "Pod"]
+    pods = [d for d in yaml.safe_load_all(out) if d["kind"] == "Pod" and "-node-" in d["metadata"]["name"]]
     assert len(pods) == 4
     assert {p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for p in pods} == {8}
     assert {p["metadata"]["labels"][labels.RDZV_ID] for p in pods} == {render.new_rdzv_id(cli.PLACEHOLDER_UID, 0)}
@@ -138,7 +138,8 @@ def test_several_jobs_in_one_file(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "render", "-f", str(path))
     assert code == 0
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(out) if d["kind"] == "Pod"]
-    assert names == ["qwen-sft-single-node-0"] + [f"llama-sft-4x8-node-{r}" for r in range(4)]
+    assert names == ["qwen-sft-single-prepare-0", "qwen-sft-single-node-0", "llama-sft-4x8-prepare-0"] + [
+        f"llama-sft-4x8-node-{r}" for r in range(4)]
 
 
 def test_crd_prints_the_generated_crd(capsys):
@@ -169,5 +170,5 @@ def test_console_script_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
-    assert kinds == ["Service", "ConfigMap", "Pod"]
+    assert kinds == ["Service", "ConfigMap", "Pod", "Pod"]  # the prepare pod, then the single node
     assert api.KIND not in kinds

@@ -24,11 +24,13 @@ def test_every_variable_is_read():
         config.SHM_SIZE_LIMIT: "32Gi",
         config.FORCE_DELETE_AFTER: "45.5",
         config.DEFAULT_TRAINER_RESOURCES: '{"requests": {"memory": "32Gi", "cpu": 4}, "limits": {"memory": "64Gi"}}',
+        config.DEFAULT_PREPARE_RESOURCES: '{"requests": {"cpu": 2}}',
     })
     assert parsed == OperatorConfig(
         trainer_image="reg/trainer:2", image_pull_policy="Always", namespaces=("a", "b"), rdzv_timeout_s=120,
         cluster_domain="corp.local", shm_size_limit="32Gi", force_delete_after_s=45.5,
         default_trainer_resources=((("cpu", "4"), ("memory", "32Gi")), (("memory", "64Gi"),)),
+        default_prepare_resources=((("cpu", "2"),), ()),
     )
 
 
@@ -42,10 +44,12 @@ def test_every_bad_variable_is_reported_at_once():
             config.SHM_SIZE_LIMIT: "lots",
             config.TRAINER_IMAGE: "a b",
             config.DEFAULT_TRAINER_RESOURCES: '{"requests": {"cpu": "lots"}}',
+            config.DEFAULT_PREPARE_RESOURCES: '{"limits": {"memory": "much"}}',
         })
     message = str(caught.value)
     for variable in (config.IMAGE_PULL_POLICY, config.NAMESPACES, config.RDZV_TIMEOUT, config.CLUSTER_DOMAIN,
-                     config.SHM_SIZE_LIMIT, config.TRAINER_IMAGE, config.DEFAULT_TRAINER_RESOURCES):
+                     config.SHM_SIZE_LIMIT, config.TRAINER_IMAGE, config.DEFAULT_TRAINER_RESOURCES,
+                     config.DEFAULT_PREPARE_RESOURCES):
         assert variable in message
     assert "Not_OK" in message and "Always, IfNotPresent, Never" in message
 

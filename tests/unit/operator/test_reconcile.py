@@ -39,6 +39,8 @@ def make_job(nnodes: int = 4, status: dict | None = None, generation: int = 1, *
                 "learningRate": 1e-5,
                 "maxSeqLen": 512,
             },
+            # The gang rules below start from an attempt's gang; the prepare pod before it has tests of its own.
+            "prepare": {"enabled": False},
             **spec,
         },
     }
@@ -935,3 +937,114 @@ def test_a_rank_that_could_not_bind_the_rendezvous_port_restarts_the_gang_naming
     assert result.status["lastFailure"]["reason"] == rc.REASON_PORT_IN_USE
     assert "spec.rdzvPort" in result.status["lastFailure"]["message"]
     assert result.status["restarts"] == 1 and result.status["attempt"] == 1
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the prepare pod before each gang attempt
+
+
+def prepare_job(nnodes=2, **spec):
+    return make_job(nnodes, prepare={"enabled": True}, **spec)
+
+
+def prepare_pod(attempt=0, phase="Running", *, exit_code=None, summary=None, deletion=None):
+    pod = make_pod(0, attempt, phase, exit_code=exit_code, deletion=deletion,
+                   message=json.dumps(summary) if summary is not None else None)
+    pod["metadata"]["name"] = f"train-prepare-{attempt}"
+    pod["metadata"]["uid"] = f"uid-prepare-{attempt}"
+    pod["metadata"]["labels"] = labels.prepare_pod_labels("train", attempt=attempt)
+    return pod
+
+
+def test_the_prepare_pod_comes_first_and_the_gang_waits_for_it():
+    job = prepare_job()
+    created = run(job, service=None, configmap=MISSING)
+    assert [a.body["kind"] for a in created.actions] == ["Service", "ConfigMap", "Pod"]
+    (pod,) = creates(created)
+    assert pod["metadata"]["name"] == "train-prepare-0" and pod["spec"]["containers"][0]["command"][:2] == [
+        "training-hub", "prepare"]
+    assert created.status["phase"] == "Preparing" and created.status["startTime"] == st.format_time(NOW)
+    assert condition(created.status, "Prepared")["reason"] == "Preparing"
+    assert condition(created.status, "Reconciling")["status"] == "True"
+    assert condition(created.status, "Reconciling")["reason"] == "Preparing"
+    assert "Preparing" in event_reasons(created)
+
+    job = applied(job, created)
+    for phase in ("Pending", "Running"):
+        waiting = run(job, [prepare_pod(phase=phase)])
+        assert not waiting.actions and waiting.status["phase"] == "Preparing"
+        assert f"is {phase}" in condition(waiting.status, "Prepared")["message"]
+
+    summary = {"outcome": "succeeded", "message": "prepared 40 samples into /ckpt/data in 3.0 s", "reused": False}
+    done = run(job, [prepare_pod(phase="Succeeded", exit_code=0, summary=summary)])
+    assert [p["metadata"]["name"] for p in creates(done)] == ["train-node-0", "train-node-1"]
+    prepared = condition(done.status, "Prepared")
+    assert (prepared["status"], prepared["reason"], prepared["message"]) == ("True", "DataPrepared", summary["message"])
+    assert "DataPrepared" in event_reasons(done)
+
+    # The gang runs: the prepare pod is kept (its log), not counted as a node, not deleted.
+    job = applied(job, done)
+    running = run(applied(job, run(job, [prepare_pod(phase="Succeeded", exit_code=0, summary=summary), *gang(n=2)])),
+                  [prepare_pod(phase="Succeeded", exit_code=0, summary=summary), *gang(n=2)])
+    assert running.status["phase"] == "Running" and running.status["nodes"] == "2/2" and not deletes(running)
+
+
+def test_a_data_error_fails_the_job_at_once_with_the_file_and_line():
+    job = applied(prepare_job(), run(prepare_job(), service=None))
+    problem = "invalid SFT parameters:\n  - data_path: /data/d.jsonl line 17: not valid JSON (Expecting ',' delimiter)"
+    failed = run(job, [prepare_pod(phase="Failed", exit_code=78, summary={"outcome": "invalid_config", "message": problem})])
+    assert failed.status["phase"] == "Failed" and not creates(failed)
+    for type_ in ("Failed", "Prepared", "Stalled"):
+        assert "line 17: not valid JSON" in condition(failed.status, type_)["message"]
+    assert condition(failed.status, "Failed")["reason"] == "InvalidConfig"
+    assert failed.status["lastFailure"] == {"reason": "InvalidConfig", "exitCode": 78, "message": problem}
+    assert failed.status["restarts"] == 0
+
+
+def test_a_crashed_prepare_pod_starts_a_new_attempt_and_counts():
+    job = applied(prepare_job(), run(prepare_job(), service=None))
+    crashed = run(job, [prepare_pod(phase="Failed", exit_code=1, summary={"outcome": "failed", "message": "disk full"})])
+    assert crashed.status["phase"] == "Restarting" and crashed.status["attempt"] == 1 and crashed.status["restarts"] == 1
+    assert "train-prepare-0 (data preparation) exit code 1" in condition(crashed.status, "Prepared")["message"]
+    assert not creates(crashed)
+    # After the backoff: the old prepare pod goes, then attempt 1 prepares again (and reuses what is there).
+    job = applied(job, crashed)
+    later = NOW + timedelta(seconds=11)
+    old = prepare_pod(phase="Failed", exit_code=1)
+    cleaning = run(job, [old], now=later)
+    assert [d.name for d in deletes(cleaning)] == ["train-prepare-0"] and not creates(cleaning)
+    again = run(job, [], now=later)
+    assert [p["metadata"]["name"] for p in creates(again)] == ["train-prepare-1"]
+
+
+def test_every_gang_restart_prepares_again_before_the_new_gang():
+    summary = {"outcome": "succeeded", "message": "reused the prepared data in /ckpt/data", "reused": True}
+    job = applied(prepare_job(), run(prepare_job(), service=None))
+    done = [prepare_pod(phase="Succeeded", exit_code=0, summary=summary)]
+    job = applied(job, run(job, done))
+    job = applied(job, run(job, [*done, *gang(n=2)]))
+    failed = run(job, [*done, make_pod(0), make_pod(1, phase="Failed", exit_code=1)])
+    assert failed.status["attempt"] == 1 and sorted(d.name for d in deletes(failed)) == ["train-node-0", "train-node-1"]
+    job = applied(job, failed)
+    later = NOW + timedelta(seconds=11)
+    next_attempt = run(job, [], now=later)
+    assert [p["metadata"]["name"] for p in creates(next_attempt)] == ["train-prepare-1"]
+    assert next_attempt.status["phase"] == "Preparing"
+    job = applied(job, next_attempt)
+    reused = run(job, [prepare_pod(1, phase="Succeeded", exit_code=0, summary=summary)], now=later)
+    assert [p["metadata"]["labels"][labels.ATTEMPT] for p in creates(reused)] == ["1", "1"]
+    assert condition(reused.status, "Prepared")["reason"] == "DataReused"
+
+
+def test_no_prepare_pod_when_disabled_or_in_preflight_mode():
+    for job in (make_job(2), make_job(2, prepare={"enabled": True}, mode="Preflight")):
+        result = run(job, service=None)
+        assert [p["metadata"]["name"] for p in creates(result)] == ["train-node-0", "train-node-1"]
+        assert condition(result.status, "Prepared") is None
+
+
+def test_suspending_while_preparing_deletes_the_prepare_pod():
+    job = applied(prepare_job(), run(prepare_job(), service=None))
+    suspended = run({**job, "spec": {**job["spec"], "suspend": True}}, [prepare_pod()])
+    assert [d.name for d in deletes(suspended)] == ["train-prepare-0"] and suspended.status["phase"] == "Suspended"

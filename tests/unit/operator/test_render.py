@@ -56,7 +56,9 @@ def test_names_follow_the_contract(gang):
     assert gang.configmap["metadata"]["name"] == "llama-params"
     assert [p["metadata"]["name"] for p in gang.pods] == [f"llama-node-{r}" for r in range(4)]
     assert {o["metadata"]["namespace"] for o in gang.objects()} == {"team-a"}
-    assert [o["kind"] for o in gang.objects()] == ["Service", "ConfigMap", "Pod", "Pod", "Pod", "Pod"]
+    assert gang.prepare_pod["metadata"]["name"] == "llama-prepare-2"
+    assert [o["kind"] for o in gang.objects()] == ["Service", "ConfigMap", "Pod", "Pod", "Pod", "Pod", "Pod"]
+    assert gang.objects()[2] is gang.prepare_pod  # created first: the gang waits for it
 
 
 def test_ranks_and_one_shared_rdzv_id(gang):
@@ -421,8 +423,61 @@ def test_host_network_pods_resolve_the_service_and_reserve_the_rdzv_port_on_thei
         ]
         assert env_of(pod)[launch_env.RDZV_ENDPOINT] == "llama.team-a.svc:31000"
     assert gang.service["spec"]["ports"][0]["targetPort"] == 31000
+    # the prepare pod runs where the gang's pods may: on the host network too (it opens no port)
+    assert gang.prepare_pod["spec"]["hostNetwork"] is True
+    assert gang.prepare_pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
 
 
 def test_host_network_must_be_a_boolean():
     with pytest.raises(api.InvalidSFTJob, match=r"spec\.hostNetwork"):
         render.render_gang(four_node_job(hostNetwork="yes please"), attempt=0, rdzv_id="r", config=CONFIG)
+
+
+# --- the prepare pod -----------------------------------------------------------------------------------------------
+
+
+def test_prepare_pod_runs_the_prepare_command_on_cpu_with_the_jobs_volumes_outside_the_kueue_group(gang):
+    pod = gang.prepare_pod
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["training-hub", "prepare", "--config", "/etc/training-hub/params.json"]
+    assert container["image"] == gang.pods[0]["spec"]["containers"][0]["image"]
+    assert container["resources"] == {}  # no GPU; no CPU/memory unless the job or the operator's defaults say so
+    assert pod["metadata"]["labels"] == {labels.JOB_NAME: "llama", labels.MANAGED_BY: labels.MANAGED_BY_VALUE,
+                                         labels.ROLE: "prepare", labels.ATTEMPT: "2"}
+    assert not pod["metadata"].get("annotations")  # no Kueue pod-group count either
+    # the same parameters and volumes as the gang, no /dev/shm, no rendezvous environment
+    gang_mounts = gang.pods[0]["spec"]["containers"][0]["volumeMounts"]
+    assert container["volumeMounts"] == [m for m in gang_mounts if m["mountPath"] != "/dev/shm"]
+    assert [e["name"] for e in container["env"]] == [launch_env.TERMINATION_LOG, "HF_TOKEN"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "nccl"}}]
+    assert container["securityContext"]["runAsNonRoot"] and not container["securityContext"]["allowPrivilegeEscalation"]
+    assert pod["spec"]["restartPolicy"] == "Never" and "affinity" not in pod["spec"]
+    assert pod["metadata"]["ownerReferences"] == gang.pods[0]["metadata"]["ownerReferences"]
+
+
+def test_prepare_pod_resources_and_node_selector_from_the_job_then_the_operator_defaults():
+    config = OperatorConfig(default_prepare_resources=((("cpu", "2"), ("memory", "8Gi")), (("memory", "16Gi"),)))
+    job = four_node_job(prepare={"resources": {"requests": {"cpu": 8}}, "nodeSelector": {"pool": "cpu"}},
+                        nodeSelector={"pool": "h100"}, tolerations=[{"key": "gpu", "operator": "Exists"}])
+    pod = render.render_gang(job, attempt=0, rdzv_id="r", config=config).prepare_pod
+    assert pod["spec"]["containers"][0]["resources"] == {"requests": {"cpu": 8, "memory": "8Gi"},
+                                                         "limits": {"memory": "16Gi"}}
+    assert pod["spec"]["nodeSelector"] == {"pool": "cpu"}  # not the GPU nodes' selector
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+
+
+def test_gang_anti_affinity_ignores_the_prepare_pod(gang):
+    (term,) = gang.pods[0]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchExpressions"] == [{"key": labels.ROLE, "operator": "DoesNotExist"}]
+    assert labels.ROLE in gang.prepare_pod["metadata"]["labels"]  # so it never keeps a gang pod off its node
+
+
+def test_prepare_pod_is_off_when_disabled_and_in_preflight_mode():
+    assert render.render_gang(four_node_job(prepare={"enabled": False}), attempt=0, rdzv_id="r", config=CONFIG).prepare_pod is None
+    assert render.render_gang(four_node_job(mode="Preflight"), attempt=0, rdzv_id="r", config=CONFIG).prepare_pod is None
+
+
+def test_prepare_resources_may_not_ask_for_a_gpu():
+    with pytest.raises(api.InvalidSFTJob, match="prepare.resources must not request the GPU resource"):
+        render.render_gang(four_node_job(prepare={"resources": {"limits": {"nvidia.com/gpu": 1}}}), attempt=0,
+                           rdzv_id="r", config=CONFIG)

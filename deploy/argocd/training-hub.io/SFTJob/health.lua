@@ -27,7 +27,10 @@ local function describe_failure(status, fallback)
   if f == nil then
     return fallback
   end
-  local text = "rank " .. tostring(f.rank or "?")
+  local text = "data preparation"
+  if f.rank ~= nil then
+    text = "rank " .. tostring(f.rank)
+  end
   if f.exitCode ~= nil then
     text = text .. " exited " .. tostring(f.exitCode)
   end
@@ -85,6 +88,12 @@ local nodes = status.nodes or ((status.nodesReady or 0) .. "/" .. (status.nodesT
 if phase == "Restarting" then
   hs.message = "Restarting the gang (restart " .. tostring(status.restarts or 0) .. "): "
     .. describe_failure(status, "a pod failed")
+elseif phase == "Preparing" then
+  local prepared = condition(status, "Prepared")
+  hs.message = "Preparing the data before the gang starts"
+  if prepared ~= nil and prepared.message ~= nil and prepared.message ~= "" then
+    hs.message = hs.message .. ": " .. prepared.message
+  end
 elseif phase == "Running" then
   hs.message = "Running, nodes ready " .. nodes
   if status.progressText ~= nil and status.progressText ~= "" then

@@ -1,0 +1,64 @@
+"""`training-hub prepare`: what the operator's prepare pod runs. A real process, real data processing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from launch_helpers import clean_env, read_summary, run_cli, write_params
+from training_hub.backends.prepare import MANIFEST_FILE
+from training_hub.testing import write_chat_dataset
+
+
+def params(tiny_model, data, tmp_path, **extra):
+    return write_params(
+        tmp_path / "params.json", modelPath=str(tiny_model), dataPath=str(data), ckptOutputDir=str(tmp_path / "ckpt"),
+        numEpochs=1, effectiveBatchSize=8, learningRate=1e-4, maxSeqLen=256, **extra,
+    )
+
+
+def test_a_bad_line_exits_78_with_file_line_and_problem_in_the_summary(tiny_model, tmp_path):
+    data = write_chat_dataset(tmp_path / "train.jsonl", 3)
+    lines = data.read_text().splitlines()
+    lines[1] = '{"messages": [{"role": "user", "content": "unterminated}]}'
+    data.write_text("\n".join(lines) + "\n")
+    summary = tmp_path / "summary.json"
+    result = run_cli(["prepare", "--config", str(params(tiny_model, data, tmp_path)), "--termination-log", str(summary)],
+                     env=clean_env(TRAINING_HUB_NODE_RANK="1", TRAINING_HUB_NNODES="2"))  # distributed settings: ignored
+    assert result.returncode == 78, result.stderr
+    written = read_summary(summary)
+    assert written["outcome"] == "invalid_config"
+    assert f"data_path: {data} line 2: not valid JSON" in written["message"]
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_bad_parameters_exit_78_before_touching_the_data(tmp_path):
+    summary = tmp_path / "summary.json"
+    result = run_cli(["prepare", "--config", str(write_params(tmp_path / "p.json", maxSeqLen=0)),
+                      "--termination-log", str(summary)])
+    assert result.returncode == 78
+    assert "max_seq_len" in read_summary(summary)["message"] and "model_path: required" in read_summary(summary)["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_prepares_then_reuses_and_force_prepares_again(tiny_model, chat_data, tmp_path):
+    config = params(tiny_model, chat_data, tmp_path, extraArgs={"data_process_num_cpu_procs": 1})
+    summary = tmp_path / "summary.json"
+    first = run_cli(["prepare", "--config", str(config), "--termination-log", str(summary)], timeout=400)
+    assert first.returncode == 0, first.stderr[-2000:]
+    made = read_summary(summary)
+    samples = len(chat_data.read_text().splitlines())
+    assert made["outcome"] == "succeeded" and made["reused"] is False and made["samples"] == samples
+    assert made["data_output_dir"] == str(tmp_path / "ckpt" / "data")
+    manifest = json.loads((tmp_path / "ckpt" / "data" / MANIFEST_FILE).read_text())
+    assert manifest["samples"] == samples and manifest["max_seq_len"] == 256
+
+    second = run_cli(["prepare", "--config", str(config), "--termination-log", str(summary)], timeout=400)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert read_summary(summary)["reused"] is True
+    assert "reused the prepared data" in read_summary(summary)["message"]
+
+    forced = run_cli(["prepare", "--config", str(config), "--force", "--termination-log", str(summary)], timeout=400)
+    assert forced.returncode == 0 and read_summary(summary)["reused"] is False
