@@ -121,13 +121,29 @@ YAML
 kubectl apply --server-side --field-manager=training-hub-demo -n "$NAMESPACE" -f "$JOB_MANIFEST"
 JOB=$(kubectl create --dry-run=client -o jsonpath='{.metadata.name}' -f "$JOB_MANIFEST")
 
-step "6/6 Waiting for the gang: pods created, scheduled one per node, running"
+step "6/6 Waiting for the prepare pod, then the gang: pods created, scheduled one per node, running"
+# The operator first runs $JOB-prepare-0 (training-hub prepare: the data processing, on CPU); the gang waits for it.
+# kwok runs no containers, so the demo ends that pod as a kubelet would once the command exited 0.
+PREPARE_POD="$JOB-prepare-0"
 deadline=$((SECONDS + 180))
-until [[ -n "$(kubectl get pods -n "$NAMESPACE" -l "training-hub.io/job-name=$JOB" -o name 2>/dev/null)" ]]; do
-  (( SECONDS < deadline )) || { tail -30 "$OPERATOR_LOG" >&2; die "no pods for sftjob/$JOB after 180 s"; }
+until [[ "$(kubectl get pod "$PREPARE_POD" -n "$NAMESPACE" -o jsonpath='{.status.phase}' 2>/dev/null)" =~ ^(Running|Succeeded)$ ]] \
+    || [[ -n "$(kubectl get pods -n "$NAMESPACE" -l "training-hub.io/job-name=$JOB,!training-hub.io/role" -o name 2>/dev/null)" ]]; do
+  (( SECONDS < deadline )) || { tail -30 "$OPERATOR_LOG" >&2; die "no prepare pod for sftjob/$JOB after 180 s"; }
   sleep 1
 done
-kubectl wait --for=condition=Ready pod -n "$NAMESPACE" -l "training-hub.io/job-name=$JOB" --timeout=180s >/dev/null
+if [[ "$(kubectl get pod "$PREPARE_POD" -n "$NAMESPACE" -o jsonpath='{.status.phase}' 2>/dev/null)" == Running ]]; then
+  summary='{\"outcome\": \"succeeded\", \"message\": \"demo: kwok ran no container; marked finished as a kubelet would\", \"reused\": false}'
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  kubectl patch pod "$PREPARE_POD" -n "$NAMESPACE" --subresource=status --type=strategic -p "{\"status\": {\"phase\": \"Succeeded\",
+    \"containerStatuses\": [{\"name\": \"prepare\", \"image\": \"\", \"imageID\": \"\", \"ready\": false, \"restartCount\": 0,
+    \"state\": {\"terminated\": {\"exitCode\": 0, \"reason\": \"Completed\", \"finishedAt\": \"$now\", \"message\": \"$summary\"}}}]}}" >/dev/null
+fi
+GANG="training-hub.io/job-name=$JOB,!training-hub.io/role"
+until [[ -n "$(kubectl get pods -n "$NAMESPACE" -l "$GANG" -o name 2>/dev/null)" ]]; do
+  (( SECONDS < deadline )) || { tail -30 "$OPERATOR_LOG" >&2; die "no gang pods for sftjob/$JOB after 180 s"; }
+  sleep 1
+done
+kubectl wait --for=condition=Ready pod -n "$NAMESPACE" -l "$GANG" --timeout=180s >/dev/null
 kubectl wait --for=jsonpath='{.status.phase}'=Running "sftjob/$JOB" -n "$NAMESPACE" --timeout=120s >/dev/null
 
 echo

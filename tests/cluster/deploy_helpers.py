@@ -146,6 +146,7 @@ def sftjob_manifest(name: str, *, nnodes: int = 2, nproc_per_node: int = 8, **sp
             "nnodes": nnodes,
             "nprocPerNode": nproc_per_node,
             "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+            "prepare": {"enabled": False},  # kwok runs no containers: no prepare pod would ever finish
             **spec,
         },
     }

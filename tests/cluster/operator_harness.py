@@ -123,6 +123,9 @@ def sftjob(name: str, namespace: str, *, nnodes: int = 4, nproc_per_node: int = 
             "training": dict(TRAINING),
             "nodeSelector": {POOL_LABEL: POOL},
             "tolerations": [{"key": POOL_LABEL, "operator": "Equal", "value": POOL, "effect": "NoSchedule"}],
+            # kwok runs no containers, so a prepare pod would never finish by itself: the gang tests start at the
+            # gang; tests/cluster/test_operator_prepare.py runs the prepare pods (prepare={"enabled": True}).
+            "prepare": {"enabled": False},
             **spec,
         },
     }
@@ -214,7 +217,8 @@ def wait_phase(cluster, namespace: str, name: str, phase: str, timeout: float = 
 
 def wait_gang_running(cluster, namespace: str, name: str, nnodes: int, attempt: int = 0, timeout: float = 60) -> list[dict]:
     def running():
-        pods = [p for p in job_pods(cluster, namespace, name) if not p["metadata"].get("deletionTimestamp")]
+        pods = [p for p in job_pods(cluster, namespace, name) if not p["metadata"].get("deletionTimestamp")
+                and "training-hub.io/role" not in p["metadata"]["labels"]]  # the gang, not its prepare pod
         ok = len(pods) == nnodes and all(
             (p.get("status") or {}).get("phase") == "Running"
             and p["metadata"]["labels"]["training-hub.io/attempt"] == str(attempt) for p in pods

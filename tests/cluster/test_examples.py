@@ -62,7 +62,9 @@ def test_example_pods_pass_restricted_pod_security(crd, example):
         result = crd.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered, check=False)
         assert result.returncode == 0, result.stderr
         assert "PodSecurity" not in result.stderr, result.stderr  # not even a warning
-        assert result.stdout.count("pod/") == yaml.safe_load(example.read_text())["spec"].get("nnodes", 1)
+        spec = yaml.safe_load(example.read_text())["spec"]
+        prepare_pod = spec.get("mode", "Train") == "Train" and (spec.get("prepare") or {}).get("enabled", True)
+        assert result.stdout.count("pod/") == spec.get("nnodes", 1) + prepare_pod  # the gang, and its prepare pod
     finally:
         crd.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
