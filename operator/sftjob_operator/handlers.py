@@ -467,7 +467,9 @@ def register(registry, reconciler: JobReconciler, health: WatchHealth | None = N
         reconciler._loop = asyncio.get_running_loop()
         if health is not None:
             settings.networking.error_backoffs = watch_health.RetryForever()  # a watch is never given up
-            logging.getLogger("kopf._cogs.clients.api").addFilter(watch_health.KopfRequestLog(health))
+            # kopf logs failed requests through the logger of whoever made them: filter at the handlers.
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(watch_health.KopfRequestLog(health))
             logging.getLogger("aiohttp.server").addFilter(watch_health.FailedProbeLog())
             # Before kopf's one scan of the API's resources (it starts when the start-up handlers are done).
             await watch_health.wait_until_served(reconciler.kube.serves_sftjobs, health)

@@ -221,16 +221,20 @@ _KOPF_RETRY = re.compile(r"^Request attempt (#\S+) failed; (?:will retry|escalat
 
 class KopfRequestLog(logging.Filter):
     """kopf logs each failed request at ERROR with the whole exception repr (~400 characters); this turns it into
-    the operator's own one warning line per failed call (and counts it as an outage)."""
+    the operator's own one warning line per failed call (and counts it as an outage). A handler filter: kopf logs
+    them through the logger of the caller (watching, scanning, per-object loggers)."""
 
     def __init__(self, health: WatchHealth) -> None:
         super().__init__()
         self._health = health
 
     def filter(self, record: logging.LogRecord) -> bool:
-        match = _KOPF_RETRY.match(record.getMessage())
+        if getattr(record, "_sftjob_rewritten", False):
+            return False  # a second handler sees the record the first one already turned into our line
+        match = _KOPF_RETRY.match(record.getMessage()) if record.name.startswith("kopf") else None
         if match is None:
             return True
+        record._sftjob_rewritten = True
         attempt, method, url, error = match.groups()
         path = url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
         kind = "watch" if "watch=true" in url else method

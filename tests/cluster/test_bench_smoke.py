@@ -17,6 +17,8 @@ SMOKE_RUNS = [
                  ["apply -> all pods created", "API requests per job start"], id="operator_startup"),
     pytest.param(["bench/operator_memory.py", "--jobs", "3", "--running", "1"],
                  ["operator RSS with 3 SFTJobs (1 running)"], id="operator_memory"),
+    pytest.param(["bench/operator_outage.py", "--runs", "1", "--cases", "delete"],
+                 ["kubectl delete sftjob -> no pods, right after an API-server restart"], id="operator_outage"),
 ]
 
 

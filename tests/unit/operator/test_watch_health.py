@@ -224,9 +224,9 @@ def test_kopf_retries_never_run_out():
 
 def test_kopf_request_failures_become_one_short_warning_each(caplog):
     health = WatchHealth()
-    logger = logging.getLogger("kopf._cogs.clients.api.test")
-    logger.addFilter(watch_health.KopfRequestLog(health))
+    logger = logging.getLogger("kopf._cogs.clients.watching")
     caplog.set_level(logging.DEBUG)
+    caplog.handler.addFilter(watch_health.KopfRequestLog(health))
     logger.error(
         "Request attempt #2/9 failed; will retry: GET https://127.0.0.1:32752/api/v1/namespaces/ns/pods?watch=true"
         "&resourceVersion=305 -> ClientConnectorError(ConnectionKey(host='127.0.0.1', port=32752, is_ssl=True, "
