@@ -56,6 +56,7 @@ RDZV_LABEL = "training-hub.io/rdzv-id"
 POOL = "faults"
 KINDS = ("operator_kill", "apiserver_restart", "pod_delete", "pod_fail", "node_delete")
 DEFAULT_WEIGHTS = {"operator_kill": 3, "apiserver_restart": 2, "pod_delete": 2, "pod_fail": 3, "node_delete": 1}
+NODE_LOSS_SECONDS = 150  # extra wait for the effect of a node deletion (pod GC quarantine)
 INVARIANTS = ("one_pod_per_rank", "one_rdzv_id", "exact_restarts", "converged", "no_leftovers", "operator_alive")
 
 
@@ -246,10 +247,12 @@ class Campaign:
         self.injected[name].append(f"{kind} {pod_name} at attempt {self.expected[name].attempt - 1}")
         # The next fault on this job only once this one is counted (its attempt moved on): exact counts.
         target = self.expected[name].attempt
-        moved = self.wait(lambda: int(((self.job(name) or {}).get("status") or {}).get("attempt", 0)) >= target,
-                          self.converge_timeout)
+        # A vanished node's pods are deleted by the pod garbage collector only after its 40 s quarantine (checked
+        # every 20 s, by a controller-manager that may itself be restarting after an API-server restart).
+        timeout = self.converge_timeout + (NODE_LOSS_SECONDS if kind == "node_delete" else 0)
+        moved = self.wait(lambda: int(((self.job(name) or {}).get("status") or {}).get("attempt", 0)) >= target, timeout)
         if not moved:
-            self.report.violate("converged", f"{name}: {kind} of {pod_name} not acted on within {self.converge_timeout}s")
+            self.report.violate("converged", f"{name}: {kind} of {pod_name} not acted on within {timeout:.0f}s")
 
     def _operator_kill(self) -> None:
         self.expected_operator_down.set()
