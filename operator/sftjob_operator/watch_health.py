@@ -207,7 +207,7 @@ class RetryForever:
     """kopf's `settings.networking.error_backoffs`: kopf gives a request up after its backoffs (54 s by default),
     after which a watch stream can stop for good; not being Sized, this one never runs out."""
 
-    def __init__(self, backoffs: tuple[float, ...] = (0.5, 1, 2, 3), then: float = 5) -> None:
+    def __init__(self, backoffs: tuple[float, ...] = (0.5, 1), then: float = 2) -> None:
         self.backoffs, self.then = backoffs, then
 
     def __iter__(self):
