@@ -122,3 +122,39 @@ def test_trainer_image_runs_a_real_preflight_on_cpu(trainer_image, podman, tmp_p
     summary = yaml.safe_load((out / "summary.json").read_text())
     assert "all-reduce sum correct" in summary["message"], summary
     assert "2 ranks (gloo)" in summary["message"], summary
+
+
+@pytest.mark.timeout(600)
+def test_trainer_image_runs_the_prepare_pods_command(trainer_image, podman, tmp_path):
+    """The prepare pod's container as the operator renders it (`training-hub prepare --config
+    /etc/training-hub/params.json`, non-root, the job's volume mounted): real data processing in the image, then a
+    matching manifest reused, and a bad line reported with its file and line (exit 78)."""
+    from training_hub.testing import build_tiny_model, write_chat_dataset
+
+    shared = tmp_path / "shared"
+    build_tiny_model(shared / "model")
+    data = write_chat_dataset(shared / "train.jsonl", n_samples=24, seed=2)
+    (shared / "params.json").write_text(json.dumps({
+        "modelPath": "/shared/model", "dataPath": "/shared/train.jsonl", "ckptOutputDir": "/shared/ckpt",
+        "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-4, "maxSeqLen": 256,
+    }))
+    for path in [shared, *shared.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)  # the image's non-root user writes the volume
+    run = ["run", "--rm", *LOCKED_DOWN, "--user", f"{TRAINER_UID}:0", "--tmpfs", "/tmp",
+           "--volume", f"{shared}:/shared", "--volume", f"{shared / 'params.json'}:/etc/training-hub/params.json:ro",
+           trainer_image, "prepare", "--config", "/etc/training-hub/params.json",
+           "--termination-log", "/shared/summary.json"]
+
+    first = podman(*run, timeout=400, check=False)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    made = json.loads((shared / "summary.json").read_text())
+    assert made["outcome"] == "succeeded" and made["reused"] is False and made["samples"] > 0, made
+    assert (shared / "ckpt" / "data" / "training-hub-prepared.json").is_file()
+
+    again = podman(*run, timeout=200, check=False)
+    assert again.returncode == 0 and json.loads((shared / "summary.json").read_text())["reused"] is True
+
+    data.write_text(data.read_text() + "{not json\n")
+    bad = podman(*run, timeout=200, check=False)
+    assert bad.returncode == 78, bad.stdout[-2000:] + bad.stderr[-2000:]
+    assert "/shared/train.jsonl line 25: not valid JSON" in json.loads((shared / "summary.json").read_text())["message"]
