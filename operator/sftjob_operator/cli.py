@@ -174,8 +174,22 @@ def add_run_command(subparsers: Any) -> None:
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG)")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off; default 8080)")
     parser.add_argument("--health-port", type=int, default=8081, help="liveness probe /healthz port (0: off; default 8081)")
-    parser.add_argument("--peering", default=None, help="kopf peering name: run several replicas, one active "
-                        "(needs the KopfPeering CRD); default: standalone")
+    election = parser.add_argument_group(
+        "leader election", "several replicas, one acting: a coordination.k8s.io/v1 Lease (docs/operator.md#high-availability)")
+    election.add_argument("--leader-elect", action="store_true", default=None,
+                          help="take part in leader election (env SFTJOB_OPERATOR_LEADER_ELECT=true); default: off, "
+                          "this process acts alone")
+    election.add_argument("--leader-elect-lease-name", dest="lease_name", default=None,
+                          help="the Lease's name (default training-hub-operator)")
+    election.add_argument("--leader-elect-namespace", dest="lease_namespace", default=None,
+                          help="the Lease's namespace (default $POD_NAMESPACE, else the service account's, else default)")
+    election.add_argument("--leader-elect-lease-duration", dest="lease_duration", type=float, default=None,
+                          help="seconds a standby waits after the last renewal it saw before taking over (default 15)")
+    election.add_argument("--leader-elect-renew-deadline", dest="renew_deadline", type=float, default=None,
+                          help="seconds after its last successful renewal the leader stops acting (default 10; "
+                          "less than the lease duration)")
+    election.add_argument("--leader-elect-retry-period", dest="retry_period", type=float, default=None,
+                          help="seconds between renewals and between a standby's tries (default 2)")
     parser.add_argument("--log-json", action="store_true", help="structured (JSON) logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     parser.set_defaults(handler=run_command)
@@ -184,11 +198,17 @@ def add_run_command(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .handlers import run_operator
+    from .leader import LeaderElectionSettings
 
     try:
+        leader_election = LeaderElectionSettings.from_env(
+            os.environ, enabled=args.leader_elect, lease_name=args.lease_name, namespace=args.lease_namespace,
+            lease_duration=args.lease_duration, renew_deadline=args.renew_deadline, retry_period=args.retry_period,
+        )
         run_operator(
             namespaces=args.namespace, kubeconfig=args.kubeconfig, metrics_port=args.metrics_port or None,
-            health_port=args.health_port or None, peering=args.peering, log_json=args.log_json, verbose=args.verbose,
+            health_port=args.health_port or None, log_json=args.log_json, verbose=args.verbose,
+            leader_election=leader_election,
         )
     except (ConfigError, ValueError) as exc:
         print(f"sftjob-operator run: {exc}", file=sys.stderr)

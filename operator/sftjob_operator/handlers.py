@@ -31,6 +31,7 @@ from sftjob_operator import reconcile as rc
 from sftjob_operator import status as st
 from sftjob_operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
 from sftjob_operator.watch_health import WatchCollector, WatchHealth, is_connection_error
+from sftjob_operator.leader import KubeLeaseClient, LeaderElectionSettings, LeaderElector, NotLeader
 
 log = logging.getLogger("sftjob_operator")
 COMPONENT = "sftjob-operator"
@@ -132,6 +133,8 @@ class JobReconciler:
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
     metrics: Any = None
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    # Leader election (leader.py): a standby keeps its cache of jobs warm but reconciles nothing. None: always act.
+    is_leader: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         self.jobs: dict[JobKey, _JobState] = {}
@@ -151,6 +154,23 @@ class JobReconciler:
         for task in self._background:
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def active(self) -> bool:
+        return self.is_leader is None or self.is_leader()
+
+    def lead(self) -> None:
+        """Just became the leader: reconcile every known job now (the old leader may have left work half done)."""
+        log.info("leading: reconciling all %d known SFTJobs", len(self.jobs))
+        for key, state in list(self.jobs.items()):
+            state.quiet = False
+            self.trigger(key)
+
+    def stand_by(self) -> None:
+        """Lost (or gave up) the lease: drop every scheduled reconciliation; the write gate stops those in flight."""
+        for state in self.jobs.values():
+            if state.handle is not None:
+                state.handle.cancel()
+            state.handle, state.due, state.again = None, None, False
 
     def phases(self):
         for state in list(self.jobs.values()):
@@ -221,7 +241,7 @@ class JobReconciler:
             self.trigger(key, delay=index / max(1, len(keys)))
 
     def trigger(self, key: JobKey, delay: float = 0.0) -> None:
-        if self.closing:
+        if self.closing or not self.active():
             return
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
@@ -245,7 +265,7 @@ class JobReconciler:
 
     async def _run(self, key: JobKey) -> None:
         state = self.jobs.get(key)
-        if state is None or self.closing:
+        if state is None or self.closing or not self.active():
             return
         state.handle, state.due = None, None
         if state.running:
@@ -255,6 +275,9 @@ class JobReconciler:
         requeue: float | None = None
         try:
             requeue = await asyncio.get_running_loop().run_in_executor(self.executor, self.reconcile_now, key)
+        except NotLeader as refused:
+            log.info("%s/%s: write refused, not the leader (%s)", *key, refused)
+            requeue = None
         except Exception as error:  # noqa: BLE001 - one job's error must never stop the others
             requeue = self._retry_delay(state)
             if is_connection_error(error):
@@ -266,6 +289,8 @@ class JobReconciler:
         finally:
             state.running = False
         if key not in self.jobs or self.closing:
+            return
+        if not self.active():
             return
         if state.again:
             state.again = False
@@ -447,12 +472,20 @@ def _no_diffbase_storage():
     return NoDiffBaseStorage()
 
 
-def register(registry, reconciler: JobReconciler, health: WatchHealth | None = None, insights: Any = None) -> None:
+def register(
+    registry,
+    reconciler: JobReconciler,
+    health: WatchHealth | None = None,
+    insights: Any = None,
+    elector: LeaderElector | None = None,
+    stop_flag: Any = None,
+) -> None:
     """Register the handlers on a kopf registry (kept out of module import so tests can build their own).
 
     With `health` and `insights` (the kopf Insights given to kopf.run), start-up waits until the API server
     serves SFTJobs, a watchdog keeps the watches established, and the `watches` probe fails while they are not
-    (see watch_health)."""
+    (see watch_health). With `elector` (leader election, leader.py), the replica campaigns from start-up on and
+    SIGTERM releases the Lease before kopf stops (`stop_flag` is kopf's: set once the Lease is released)."""
     import kopf
 
     from sftjob_operator import watch_health
@@ -479,6 +512,9 @@ def register(registry, reconciler: JobReconciler, health: WatchHealth | None = N
                     watch_health.watchdog(reconciler.kube.serves_sftjobs, health, insights, rescan)
                 ))
         reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
+        if elector is not None:
+            settings.posting.enabled = False  # a standby writes nothing, not even kopf's events
+            _campaign(reconciler, elector, stop_flag)
 
     if health is not None:
         @kopf.on.probe(id="watches", registry=registry)
@@ -509,9 +545,49 @@ def register(registry, reconciler: JobReconciler, health: WatchHealth | None = N
     def jobs_known(**_: Any) -> int:
         return len(reconciler.jobs)
 
+    @kopf.on.probe(id="leader", registry=registry)
+    def leading(**_: Any) -> bool:
+        return reconciler.active()
+
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
         reconciler.close()
+        if elector is not None:
+            elector.stop(release=True)  # no-op when the signal handler already released
+
+
+def _campaign(reconciler: JobReconciler, elector: LeaderElector, stop_flag: Any) -> None:
+    """Start the leader election thread; its callbacks hop onto the event loop. SIGTERM/SIGINT: stop writing and
+    release the Lease first (a standby takes over at once), then let kopf stop."""
+    import signal
+
+    loop = reconciler._loop
+    metrics = reconciler.metrics
+    elector.on_started_leading = lambda: loop.call_soon_threadsafe(reconciler.lead)
+    elector.on_stopped_leading = lambda: loop.call_soon_threadsafe(reconciler.stand_by)
+    if metrics is not None:
+        started, stopped = elector.on_started_leading, elector.on_stopped_leading
+        elector.on_started_leading = lambda: (metrics.leader.set(1), started())
+        elector.on_stopped_leading = lambda: (metrics.leader.set(0), stopped())
+
+    def terminate(signum: int) -> None:
+        log.info("%s: releasing the leader lease, then stopping", signal.Signals(signum).name)
+        reconciler.close()
+        elector.stop(release=True)
+        stop_flag.set()
+
+    def take_over_signals() -> None:
+        # kopf installs its SIGTERM/SIGINT handlers while its tasks start, after this startup handler may have
+        # run: replace them a moment later. Ours release the Lease before kopf's slower shutdown (watch streams
+        # closing), then stop kopf through stop_flag. A signal before that: the cleanup handler releases.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, terminate, signum)
+            except (NotImplementedError, RuntimeError):  # not the main thread: kopf's own stop applies
+                pass
+
+    loop.call_later(0.5, take_over_signals)
+    elector.start()
 
 
 async def _resync_forever(reconciler: JobReconciler) -> None:
@@ -527,9 +603,9 @@ def run_operator(
     kubeconfig: str | None,
     metrics_port: int | None,
     health_port: int | None,
-    peering: str | None,
     log_json: bool,
     verbose: bool,
+    leader_election: LeaderElectionSettings | None = None,
 ) -> None:
     """`sftjob-operator run`: blocks until SIGTERM/SIGINT."""
     import kopf
@@ -571,8 +647,18 @@ def run_operator(
     _count_api_requests(kube, metrics)
     if metrics_port:
         metrics.serve(metrics_port)
+    elector = stop_flag = None
+    if leader_election is not None and leader_election.enabled:
+        lease_kube = Kube(kube.api_client)  # its own client: the Lease calls are not gated and not job requests
+        leases = KubeLeaseClient(lease_kube, leader_election.namespace, leader_election.lease_name,
+                                 timeout=max(1.0, leader_election.renew_deadline / 2))
+        elector = LeaderElector(leases, leader_election)
+        kube.write_guard = elector.check_may_write
+        reconciler.is_leader = elector.is_leader
+        metrics.leader.set(0)  # until the Lease is won
+        stop_flag = asyncio.Event()  # not a threading.Event: kopf would wait on it in a thread that never ends
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, health, insights)
+    register(registry, reconciler, health, insights, elector, stop_flag)
     operator_settings = kopf.OperatorSettings()
     # Namespaced: no cluster-wide scans of CRDs and namespaces (the chart's namespaced RBAC grants none;
     # kopf would retry each 403 for a minute before falling back to the given namespaces).
@@ -582,8 +668,8 @@ def run_operator(
         settings=operator_settings,
         namespaces=namespaces,
         clusterwide=not namespaces,
-        standalone=peering is None,
-        peering_name=peering,
+        standalone=True,  # one active replica is leader election's job (leader.py), not kopf peering's
+        stop_flag=stop_flag,
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
         insights=insights,
     )

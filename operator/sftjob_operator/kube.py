@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from kubernetes import client
 from kubernetes import config as kube_config
@@ -72,6 +72,9 @@ class Kube:
         self.counter = counter or RequestCounter()
         self.timeout = timeout
         self.health: Any = None  # watch_health.WatchHealth: told of every failed and successful call
+        # Called right before every write (not GET): raises to refuse it. Leader election sets it to
+        # LeaderElector.check_may_write, so a replica that is not (or no longer) the leader writes nothing.
+        self.write_guard: Callable[[], None] | None = None
 
     def request(
         self,
@@ -83,9 +86,11 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         raw: bool = False,
+        timeout: float | None = None,
+        gated: bool = True,
     ) -> Any:
-        """One API call; raises ApiException for HTTP errors. Returns parsed JSON (or text with raw=True)."""
-        self.counter.add(verb)
+        """One API call; raises ApiException for HTTP errors. Returns parsed JSON (or text with raw=True).
+        A write (any method but GET) first passes `write_guard` unless `gated` is False (the Lease's own calls)."""
         method_, url, headers, serialized, _ = self.api_client.param_serialize(
             method,
             path,
@@ -94,9 +99,12 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
+        if gated and method != "GET" and self.write_guard is not None:
+            self.write_guard()  # last thing before the request leaves: the leader's validity is checked now
+        self.counter.add(verb)
         try:
             response = self.api_client.call_api(
-                method_, url, header_params=headers, body=serialized, _request_timeout=self.timeout
+                method_, url, header_params=headers, body=serialized, _request_timeout=timeout or self.timeout
             )
             data = response.read()
         except Exception as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -49,6 +49,13 @@ class OperatorMetrics:
         self.api_requests = Counter(
             "sftjob_api_requests_total", "Kubernetes API requests made by the reconciler", ["verb"], registry=self.registry
         )
+
+        self.leader = Gauge(
+            "sftjob_operator_leader",
+            "1 while this replica is the one acting (holds the leader Lease, or runs without leader election)",
+            registry=self.registry,
+        )
+        self.leader.set(1)
 
     def record_api_requests(self, by_verb: Mapping[str, int]) -> None:
         for verb, count in by_verb.items():

@@ -79,7 +79,6 @@ def operator_process(
     log_path: Path,
     *,
     namespaces: Sequence[str] = (),
-    peering: str | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """`sftjob-operator run` as a child process; stopped (SIGTERM, then SIGKILL) on exit."""
@@ -87,8 +86,6 @@ def operator_process(
            "--health-port", str(free_port())]
     for namespace in namespaces:
         cmd += ["--namespace", namespace]
-    if peering:
-        cmd += ["--peering", peering]
     env = {**os.environ, "SFTJOB_OPERATOR_RESYNC_SECONDS": "5", **(extra_env or {})}
     # kopf's login reads $KUBECONFIG (the kubernetes client captures it at import time), so set both.
     env["KUBECONFIG"] = str(kubeconfig)
@@ -186,11 +183,13 @@ def permission_denials(log_path: Path) -> list[str]:
             and "Not enough permissions" not in line]
 
 
-def can_i(cluster, user: str, verb: str, resource: str, namespace: str | None) -> bool:
+def can_i(cluster, user: str, verb: str, resource: str, namespace: str | None, name: str | None = None) -> bool:
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
     resource, _, subresource = resource.partition("/")
     if subresource:
         scope.append(f"--subresource={subresource}")
+    if name:
+        resource = f"{resource}/{name}"
     result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={user}", *scope, check=False)
     answer = result.stdout.strip()
     if answer not in ("yes", "no"):

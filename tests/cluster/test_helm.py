@@ -36,7 +36,7 @@ pytestmark = pytest.mark.cluster
 CLUSTER_RELEASE, CLUSTER_RELEASE_NS, CLUSTER_JOBS_NS = "th-cluster", "th-op-cluster", "jobs-cluster"
 NS_RELEASE, NS_RELEASE_NS = "th-ns", "th-op-ns"
 WATCHED, UNWATCHED = ("jobs-ns-1", "jobs-ns-2"), "jobs-other"
-PEERING = "training-hub-operator"
+LEASE = f"{NS_RELEASE}-training-hub-operator"  # the HA release's leader election Lease (in NS_RELEASE_NS)
 
 
 def sa_user(release: str, release_namespace: str) -> str:
@@ -61,7 +61,7 @@ def helm_cluster(k8s_bin_dir, request):
 
 @pytest.fixture(scope="module")
 def releases(helm_cluster):
-    """Two releases: cluster scope (default values), and namespaced scope with HA (2 replicas, kopf peering)."""
+    """Two releases: cluster scope (default values), and namespaced scope with HA (2 replicas, leader election)."""
     c = helm_cluster
     for namespace in (CLUSTER_RELEASE_NS, NS_RELEASE_NS, CLUSTER_JOBS_NS, *WATCHED, UNWATCHED):
         if get_json(c, "namespace", namespace) is None:
@@ -70,7 +70,7 @@ def releases(helm_cluster):
     helm(
         c, "upgrade", "--install", NS_RELEASE, str(CHART), "-n", NS_RELEASE_NS, "--wait", "--timeout", "180s",
         "--set", "rbac.scope=namespaced", "--set", "watchNamespaces={" + ",".join(WATCHED) + "}",
-        "--set", "ha.enabled=true", "--set", "replicaCount=2", "--set", f"ha.peeringName={PEERING}",
+        "--set", "ha.enabled=true", "--set", "replicaCount=2",
     )
     return c
 
@@ -98,19 +98,22 @@ def test_cluster_scope_release_installs_its_crd_and_a_ready_operator(releases):
 
 
 @pytest.mark.timeout(400)
-def test_namespaced_scope_release_creates_nothing_cluster_wide_and_peers(releases):
+def test_namespaced_scope_ha_release_creates_nothing_cluster_wide(releases):
     c = releases
     kinds = release_kinds(c, NS_RELEASE, NS_RELEASE_NS)
-    namespaced_objects = [(k, ns) for k, ns, _ in kinds if k not in ("CustomResourceDefinition",)]
-    # Only kopf's peering CRDs (HA) are cluster-scoped; no ClusterRole or ClusterRoleBinding.
-    assert not [k for k, ns in namespaced_objects if k.startswith("Cluster")]
-    assert sorted(ns for k, ns in namespaced_objects if k == "Role") == sorted(WATCHED)
-    assert sorted(ns for k, ns in namespaced_objects if k == "RoleBinding") == sorted(WATCHED)
+    assert not [k for k, _, _ in kinds if k.startswith("Cluster") or k == "CustomResourceDefinition"]
+    # A Role per watched namespace for the jobs, and one in the release namespace for the leader election Lease.
+    assert sorted(ns for k, ns, _ in kinds if k == "Role") == sorted([*WATCHED, NS_RELEASE_NS])
+    assert sorted(ns for k, ns, _ in kinds if k == "RoleBinding") == sorted([*WATCHED, NS_RELEASE_NS])
     assert get_json(c, "role", "-n", UNWATCHED, f"{NS_RELEASE}-training-hub-operator") is None
     deployment = get_json(c, "deployment", "-n", NS_RELEASE_NS, f"{NS_RELEASE}-training-hub-operator")
     assert deployment["status"].get("readyReplicas") == 2
-    for namespace in WATCHED:  # created by the post-install hook, once the peering CRD exists
-        assert get_json(c, "kopfpeering", "-n", namespace, PEERING) is not None
+    budget = get_json(c, "poddisruptionbudget", "-n", NS_RELEASE_NS, f"{NS_RELEASE}-training-hub-operator")
+    assert budget["spec"]["minAvailable"] == 1
+    # Admitted by the API server with the PDB: one replica may be disrupted at a time.
+    assert wait_for("the PodDisruptionBudget's status", lambda: get_json(
+        c, "poddisruptionbudget", "-n", NS_RELEASE_NS, f"{NS_RELEASE}-training-hub-operator")["status"].get(
+        "disruptionsAllowed") == 1, timeout=60)
 
 
 BAD_INSTALLS = [
@@ -170,7 +173,7 @@ def test_can_i_matrix_cluster_scope(releases):
                      ("list", "customresourcedefinitions.apiextensions.k8s.io", None, True)]
     expectations += [(v, r, CLUSTER_JOBS_NS, False) for v, r in NEVER]
     expectations += [(v, r, None, False) for v, r in CLUSTER_WIDE_NEVER]
-    expectations += [("patch", "clusterkopfpeerings.kopf.dev", None, False)]  # no HA in this release
+    expectations += [("create", "leases.coordination.k8s.io", CLUSTER_RELEASE_NS, False)]  # no HA in this release
     assert matrix_mismatches(releases, user, expectations) == [], "\n".join(matrix_mismatches(releases, user, expectations))
 
 
@@ -178,16 +181,23 @@ def test_can_i_matrix_cluster_scope(releases):
 def test_can_i_matrix_namespaced_scope(releases):
     user = sa_user(NS_RELEASE, NS_RELEASE_NS)
     expectations = [(v, r, ns, True) for v, r in JOB_PERMISSIONS for ns in WATCHED]
-    expectations += [("patch", "kopfpeerings.kopf.dev", ns, True) for ns in WATCHED]
     # Nothing outside the watched namespaces: not elsewhere, not in its own namespace, not cluster-wide.
     for namespace in (UNWATCHED, NS_RELEASE_NS, "kube-system", "default"):
         expectations += [(v, r, namespace, False) for v, r in JOB_PERMISSIONS]
     expectations += [(v, r, None, False) for v, r in JOB_PERMISSIONS]
     expectations += [(v, r, ns, False) for v, r in NEVER for ns in WATCHED]
     expectations += [(v, r, None, False) for v, r in CLUSTER_WIDE_NEVER]
-    expectations += [("list", "customresourcedefinitions.apiextensions.k8s.io", None, False),
-                     ("patch", "clusterkopfpeerings.kopf.dev", None, False)]
+    expectations += [("list", "customresourcedefinitions.apiextensions.k8s.io", None, False)]
+    # Leader election: create a Lease in the release namespace, then touch only the one named Lease.
+    expectations += [("create", "leases.coordination.k8s.io", NS_RELEASE_NS, True),
+                     ("update", "leases.coordination.k8s.io", NS_RELEASE_NS, False),
+                     ("create", "leases.coordination.k8s.io", WATCHED[0], False),
+                     ("list", "leases.coordination.k8s.io", None, False)]
     assert matrix_mismatches(releases, user, expectations) == [], "\n".join(matrix_mismatches(releases, user, expectations))
+    lease = "leases.coordination.k8s.io"
+    assert all(can_i(releases, user, verb, lease, NS_RELEASE_NS, name=LEASE) for verb in ("get", "update", "watch"))
+    assert not can_i(releases, user, "update", lease, NS_RELEASE_NS, name="kube-scheduler")
+    assert not can_i(releases, user, "delete", lease, NS_RELEASE_NS, name=LEASE)
 
 
 @pytest.mark.timeout(300)
@@ -211,12 +221,12 @@ def test_rules_review_shows_exactly_the_chart_rules(releases, tmp_path):
         ("", "pods/log", "get"), ("", "events", "create"),
     } | {("", "pods", v) for v in ("create", "delete", "list", "watch")} | {
         ("", "services", v) for v in ("create", "get")} | {("", "configmaps", v) for v in ("create", "get", "patch")}
-    peering = {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}
+    leases = {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update", "list", "watch")}
     crds = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 
-    assert extra(namespaced_config, WATCHED[0]) == job_rules | peering
+    assert extra(namespaced_config, WATCHED[0]) == job_rules
     assert extra(namespaced_config, UNWATCHED) == set()
-    assert extra(namespaced_config, NS_RELEASE_NS) == set()
+    assert extra(namespaced_config, NS_RELEASE_NS) == leases  # get/update/list/watch: only the one named Lease
     assert extra(cluster_config, CLUSTER_JOBS_NS) == job_rules | crds
 
 
@@ -235,20 +245,27 @@ def test_operator_as_cluster_scope_service_account_runs_a_job_end_to_end(release
 
 
 @pytest.mark.timeout(400)
-def test_operator_as_namespaced_service_account_with_peering_runs_only_watched_jobs(releases, tmp_path):
+def test_operator_as_namespaced_service_account_with_leader_election_runs_only_watched_jobs(releases, tmp_path):
     c = releases
     kubeconfig = service_account_kubeconfig(
         c, NS_RELEASE_NS, f"{NS_RELEASE}-training-hub-operator", tmp_path / "sa.kubeconfig")
     log = tmp_path / "operator.log"
     c.kubectl("apply", "-n", WATCHED[1], "-f", "-", input=yaml.safe_dump(sftjob_manifest("rbac-ns", nnodes=2)))
     c.kubectl("apply", "-n", UNWATCHED, "-f", "-", input=yaml.safe_dump(sftjob_manifest("not-mine", nnodes=1)))
-    with operator_process(kubeconfig, log, namespaces=WATCHED, peering=PEERING):
+    # As the chart runs it with ha.enabled (the chart's own replicas are kwok pods: they run nothing).
+    election = {"SFTJOB_OPERATOR_LEADER_ELECT": "true", "SFTJOB_OPERATOR_LEADER_ELECT_LEASE_NAMESPACE": NS_RELEASE_NS,
+                "SFTJOB_OPERATOR_LEADER_ELECT_LEASE_NAME": LEASE, "POD_NAME": "sa-test"}
+    with operator_process(kubeconfig, log, namespaces=WATCHED, extra_env=election):
         job = run_gang_to_success(c, WATCHED[1], "rbac-ns", 2, log)
-        # The peering object carries this operator's keep-alive (peering works with the chart's Role).
-        peering = wait_for("a keep-alive in the KopfPeering", lambda: (get_json(
-            c, "kopfpeering", "-n", WATCHED[1], PEERING) or {}).get("status"), timeout=30, log_path=log)
+        # The Lease names this process (leader election works with the chart's Role).
+        holder = wait_for("this operator holding the Lease", lambda: ((get_json(
+            c, "lease", "-n", NS_RELEASE_NS, LEASE) or {}).get("spec") or {}).get("holderIdentity"), timeout=30,
+            log_path=log)
     assert job["status"]["phase"] == "Succeeded"
-    assert peering
+    assert holder.startswith("sa-test_")
+    # Stopped with SIGTERM: the Lease was handed back (its holder emptied) with the chart's RBAC.
+    assert not get_json(c, "lease", "-n", NS_RELEASE_NS, LEASE)["spec"].get("holderIdentity")
+    assert "released lease" in log.read_text()
     assert job_pods(c, UNWATCHED, "not-mine") == []
     assert (get_json(c, "sftjob", "-n", UNWATCHED, "not-mine") or {}).get("status") is None
     assert permission_denials(log) == []

@@ -17,7 +17,7 @@ def test_chart_crd_is_a_byte_identical_copy_of_the_generated_one():
 
 
 def test_chart_crds_folder_holds_only_the_sftjob_crd():
-    # Helm installs everything in crds/ unconditionally; kopf's peering CRDs are templates (only with HA).
+    # Helm installs everything in crds/ unconditionally: only the SFTJob CRD belongs there.
     assert sorted(p.name for p in CHART_COPY.parent.iterdir()) == [CHART_COPY.name]
 
 

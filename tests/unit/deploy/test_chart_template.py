@@ -13,7 +13,7 @@ import yaml
 CHART = Path(__file__).resolve().parents[3] / "deploy" / "helm" / "training-hub-operator"
 NAMESPACED = ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={team-a,team-b}"]
 HA = ["--set", "ha.enabled=true", "--set", "replicaCount=2"]
-CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering"}
+CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,12 @@ def test_deployment_is_hardened_and_probed(helm_binary):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SFTJOB_OPERATOR_TRAINER_IMAGE"] == "training-hub-trainer:0.1.0"
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    # kopf's identity for peering: the pod's name, so replicas differ and no passwd lookup is needed.
-    pod_id = next(e for e in container["env"] if e["name"] == "POD_ID")
-    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The leader election identity starts with the pod's name (no passwd lookup, replicas differ).
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # Without HA: no leader election, no Lease permissions, no PodDisruptionBudget (one replica acts as always).
+    assert not [a for a in container["args"] if a.startswith("--leader-elect")]
+    assert "affinity" not in pod
 
 
 @pytest.mark.timeout(60)
@@ -181,25 +184,67 @@ def test_metrics_service_targets_the_metrics_port_and_servicemonitor_is_optional
     assert "--metrics-port=0" in by_kind(disabled, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-@pytest.mark.timeout(60)
-def test_ha_adds_peering_for_the_scope_in_use(helm_binary):
-    cluster_ha = render(helm_binary, *HA)
-    (deployment,) = by_kind(cluster_ha, "Deployment")
-    assert deployment["spec"]["replicas"] == 2
-    assert "--peering=training-hub-operator" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert {c["metadata"]["name"] for c in by_kind(cluster_ha, "CustomResourceDefinition")} == {
-        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    (peering,) = by_kind(cluster_ha, "ClusterKopfPeering")
-    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
-    (role,) = by_kind(cluster_ha, "ClusterRole")
-    assert ("kopf.dev", "clusterkopfpeerings", "patch") in rule_set(role)
+LEASE_RULES = {("coordination.k8s.io", "leases", "create")} | {
+    ("coordination.k8s.io", "leases", verb) for verb in ("get", "update", "list", "watch")}
 
-    namespaced_ha = render(helm_binary, *NAMESPACED, *HA)
-    assert sorted(p["metadata"]["namespace"] for p in by_kind(namespaced_ha, "KopfPeering")) == ["team-a", "team-b"]
-    for role in by_kind(namespaced_ha, "Role"):
-        assert rule_set(role) == JOB_RULES | {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}
-    # Peering CRDs can be left to another release.
-    assert not by_kind(render(helm_binary, *HA, "--set", "ha.createPeeringCRDs=false"), "CustomResourceDefinition")
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("values", [[], NAMESPACED], ids=["cluster", "namespaced"])
+def test_ha_wires_leader_election_on_a_lease_in_the_release_namespace(helm_binary, values):
+    objects = render(helm_binary, *values, *HA)
+    (deployment,) = by_kind(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--leader-elect"):][:6] == [
+        "--leader-elect", "--leader-elect-lease-name=rel-training-hub-operator", "--leader-elect-namespace=ops",
+        "--leader-elect-lease-duration=15", "--leader-elect-renew-deadline=10", "--leader-elect-retry-period=2"]
+    # The Lease's Role: in the operator's namespace whatever the scope; create, then only the one named Lease.
+    (lease_role,) = [r for r in by_kind(objects, "Role") if r["metadata"]["namespace"] == "ops"]
+    assert rule_set(lease_role) == LEASE_RULES
+    named = [rule for rule in lease_role["rules"] if "create" not in rule["verbs"]]
+    assert named[0]["resourceNames"] == ["rel-training-hub-operator"]
+    (binding,) = [b for b in by_kind(objects, "RoleBinding") if b["metadata"]["namespace"] == "ops"]
+    assert binding["roleRef"]["name"] == lease_role["metadata"]["name"]
+    # The job permissions are unchanged by HA (no peering objects any more, nothing else cluster-wide).
+    job_roles = by_kind(objects, "ClusterRole") or [r for r in by_kind(objects, "Role") if r is not lease_role]
+    assert all(not ({rule for rule in rule_set(role)} & LEASE_RULES) for role in job_roles)
+    assert not by_kind(objects, "CustomResourceDefinition")
+    assert {o["kind"] for o in objects if "kopf" in o.get("apiVersion", "")} == set()
+    # A drain keeps one replica; replicas prefer different nodes.
+    (budget,) = by_kind(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.timeout(60)
+def test_ha_timings_anti_affinity_and_budget_are_configurable(helm_binary):
+    objects = render(helm_binary, *HA, "--set", "ha.leaseDuration=30", "--set", "ha.renewDeadline=20",
+                     "--set", "ha.retryPeriod=4", "--set", "ha.leaseName=my-lease", "--set", "ha.antiAffinity=hard",
+                     "--set", "ha.podDisruptionBudget.enabled=false")
+    (deployment,) = by_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert {"--leader-elect-lease-name=my-lease", "--leader-elect-lease-duration=30", "--leader-elect-renew-deadline=20",
+            "--leader-elect-retry-period=4"} <= set(args)
+    assert pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert not by_kind(objects, "PodDisruptionBudget")
+    # The chart's flags parse into valid settings of the operator.
+    from sftjob_operator.cli import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert (parsed.leader_elect, parsed.lease_duration, parsed.renew_deadline, parsed.retry_period) == (True, 30, 20, 4)
+    # A user's own affinity wins; a single HA replica gets no budget (it would block every drain).
+    custom = render(helm_binary, *HA, "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                    ".nodeSelectorTerms[0].matchExpressions[0].key=pool", "--set", "affinity.nodeAffinity."
+                    "requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
+    assert "podAntiAffinity" not in by_kind(custom, "Deployment")[0]["spec"]["template"]["spec"]["affinity"]
+    assert not by_kind(render(helm_binary, "--set", "ha.enabled=true"), "PodDisruptionBudget")
 
 
 @pytest.mark.timeout(60)
@@ -213,6 +258,10 @@ BAD_COMBINATIONS = [
     (["--set", "rbac.scope=namespaced"], "watchNamespaces: list at least one namespace when rbac.scope is \"namespaced\""),
     (["--set", "watchNamespaces={team-a}"], "watchNamespaces: only used with rbac.scope=namespaced"),
     (["--set", "replicaCount=3"], "replicaCount: 3 replicas without ha.enabled=true would run SFTJobs twice"),
+    (HA + ["--set", "ha.renewDeadline=15"], "ha.renewDeadline (15) must be less than ha.leaseDuration (15)"),
+    (HA + ["--set", "ha.retryPeriod=9"], "ha.renewDeadline (10) must be greater than 1.2 x ha.retryPeriod (9)"),
+    (HA + ["--set", "ha.antiAffinity=always"], "at '/ha/antiAffinity'"),
+    (HA + ["--set", "ha.peeringName=x"], "additional properties 'peeringName' not allowed"),
     (["--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
      "metrics.serviceMonitor.enabled: needs metrics.enabled=true"),
     (["--set", "rbac.scope=everywhere"], "at '/rbac/scope': value must be one of 'cluster', 'namespaced'"),

@@ -44,6 +44,10 @@ app.kubernetes.io/part-of: training-hub
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{- define "training-hub-operator.leaseName" -}}
+{{- default (include "training-hub-operator.fullname" .) .Values.ha.leaseName -}}
+{{- end -}}
+
 {{- define "training-hub-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
@@ -57,7 +61,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "watchNamespaces: only used with rbac.scope=namespaced; with rbac.scope=cluster the operator runs SFTJobs in every namespace (remove watchNamespaces or set rbac.scope=namespaced)" -}}
 {{- end -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.ha.enabled) -}}
-{{- fail (printf "replicaCount: %d replicas without ha.enabled=true would run SFTJobs twice; set ha.enabled=true (kopf peering keeps one replica active) or replicaCount=1" (int .Values.replicaCount)) -}}
+{{- fail (printf "replicaCount: %d replicas without ha.enabled=true would run SFTJobs twice; set ha.enabled=true (leader election keeps one replica acting) or replicaCount=1" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- if and .Values.ha.enabled (le (float64 .Values.ha.leaseDuration) (float64 .Values.ha.renewDeadline)) -}}
+{{- fail (printf "ha.renewDeadline (%v) must be less than ha.leaseDuration (%v): the leader must stop acting before a standby may take over" .Values.ha.renewDeadline .Values.ha.leaseDuration) -}}
+{{- end -}}
+{{- if and .Values.ha.enabled (le (float64 .Values.ha.renewDeadline) (mulf 1.2 (float64 .Values.ha.retryPeriod))) -}}
+{{- fail (printf "ha.renewDeadline (%v) must be greater than 1.2 x ha.retryPeriod (%v): the leader needs more than one try to renew" .Values.ha.renewDeadline .Values.ha.retryPeriod) -}}
 {{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled: needs metrics.enabled=true (the ServiceMonitor scrapes the metrics Service)" -}}
