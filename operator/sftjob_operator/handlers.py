@@ -201,7 +201,7 @@ class JobReconciler:
         """The job is gone: delete its pods now rather than wait for the garbage collector, whose view of the CRD
         lags for up to minutes after an API-server restart (the pods would hold their GPUs meanwhile). Only pods
         owned by this uid: a new job of the same name keeps its own."""
-        if not uid or self.closing:
+        if not uid or self.closing or not self.active():  # a standby leaves it to the leader
             return
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop

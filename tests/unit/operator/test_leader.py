@@ -342,7 +342,15 @@ def test_a_standby_caches_jobs_but_reconciles_only_after_taking_over():
             return 0.01  # asks to be looked at again soon
 
     async def scenario() -> None:
-        reconciler = Recording(kube=None, config=None, settings=RuntimeSettings(debounce_seconds=0, workers=2),
+        class NoKube:
+            calls: list[str] = []
+
+            def delete_owned_pods(self, namespace, name, uid):
+                self.calls.append(f"delete pods of {name}")
+                return 0
+
+        kube = NoKube()
+        reconciler = Recording(kube=kube, config=None, settings=RuntimeSettings(debounce_seconds=0, workers=2),
                                is_leader=lambda: leading["now"])
         reconciler._loop = asyncio.get_running_loop()
         reconciler.job_event("ADDED", _job("a"))
@@ -350,8 +358,11 @@ def test_a_standby_caches_jobs_but_reconciles_only_after_taking_over():
         reconciler.pod_event({"metadata": {"namespace": "ns", "name": "a-node-0",
                                            "labels": {"training-hub.io/job-name": "a"}}})
         reconciler.resync_all()
+        reconciler.job_event("ADDED", _job("gone"))
+        reconciler.job_event("DELETED", {"metadata": {**_job("gone")["metadata"], "uid": "u-1"}})
         await asyncio.sleep(0.1)
         assert reconciled == []  # standby: no reconciliation, hence no reads and no writes
+        assert kube.calls == []  # not even the clean-up of a deleted job's pods
         assert {key: state.body["metadata"]["name"] for key, state in reconciler.jobs.items()} == {
             ("ns", "a"): "a", ("ns", "b"): "b"}  # but the cache is warm
 
