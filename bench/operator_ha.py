@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -102,10 +103,11 @@ def takeovers(cluster, kube: Kube, log_dir: Path, runs: int, seed: int, how: str
             if how == "kill":
                 processes[leader].kill()
             else:
-                processes[leader].stop()
+                processes[leader].process.send_signal(signal.SIGTERM)  # a pod's termination: not waited for
             post(kube, namespace, f"probe-{run}", 1)
             first = wait(lambda: watch.created.get(f"probe-{run}-node-0"), 60, f"probe-{run}")
             values.append(first - stopped)
+            processes[leader].process.wait(30) if how == "term" else None
             wait(lambda: watch.job_times(f"gang-{run}", 4)[0], 60, f"gang-{run} created")
             processes[leader].start()
             time.sleep(2)  # the restarted replica settles as the standby

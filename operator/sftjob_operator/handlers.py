@@ -209,6 +209,8 @@ class JobReconciler:
         def delete() -> None:
             try:
                 deleted = self.kube.delete_owned_pods(key[0], key[1], uid)
+            except NotLeader:
+                return  # lost the lease meanwhile: the new leader (or the garbage collector) does it
             except Exception as error:  # noqa: BLE001 - the garbage collector remains the fallback
                 if not is_connection_error(error):
                     log.warning("%s/%s: deleting the pods of the deleted job failed: %s", *key, _api_error_text(error))

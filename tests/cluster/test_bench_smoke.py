@@ -19,6 +19,8 @@ SMOKE_RUNS = [
                  ["operator RSS with 3 SFTJobs (1 running)"], id="operator_memory"),
     pytest.param(["bench/operator_outage.py", "--runs", "1", "--cases", "delete"],
                  ["kubectl delete sftjob -> no pods, right after an API-server restart"], id="operator_outage"),
+    pytest.param(["bench/operator_ha.py", "--runs", "1", "--kills", "0", "--terms", "1"],
+                 ["apply -> 4 pods created", "takeover after SIGTERM"], id="operator_ha"),
 ]
 
 

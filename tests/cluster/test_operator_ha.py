@@ -280,13 +280,13 @@ def test_sigterm_releases_the_lease_and_the_standby_acts_at_once(cluster, namesp
     for round_ in range(2):
         leader = replicas.leader()
         stopped_at = time.monotonic()
-        replicas.processes[leader].stop()
-        assert replicas.processes[leader].process.returncode == 0
+        replicas.processes[leader].process.send_signal(signal.SIGTERM)  # as the kubelet does; not waited for
         job = f"after-term-{round_}"
         apply(cluster, sftjob(job, namespace, nnodes=1, nproc_per_node=1))
         first = wait_until(lambda: pods.first_pod_of(job), 30, f"{job}'s first pod", interval=0.05,
                            describe=replicas.logs)
         times.append(first - stopped_at)
+        assert replicas.processes[leader].process.wait(15) == 0  # a clean exit of its own
         converged(cluster, namespace, job, 1)
         assert "released lease" in replicas.processes[leader].log_tail(200)
         replicas.start(leader)
