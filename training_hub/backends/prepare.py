@@ -371,8 +371,10 @@ def prepare(request: TrainRequest, *, force: bool = False, num_cpu_procs: int | 
         return result
     if force:
         changes = ["forced"]
+    _failure_marker(spec).unlink(missing_ok=True)
     problems = data_file_problems(spec)
     if problems:
+        _record_failure(spec, identity, problems)
         raise ParameterError(problems)
     if existing is not None:
         log.info("re-preparing %s: %s", spec.data_output_dir, "; ".join(changes))
@@ -381,7 +383,11 @@ def prepare(request: TrainRequest, *, force: bool = False, num_cpu_procs: int | 
     spec.data_output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
     try:
-        _process(spec, staging, procs)
+        try:
+            _process(spec, staging, procs)
+        except ParameterError as exc:  # no sample fits max_seq_len: decided by the inputs too
+            _record_failure(spec, identity, exc.problems)
+            raise
         samples = _count_lines(staging / DATA_FILE)
         manifest = {
             **identity.as_manifest(),
@@ -398,6 +404,20 @@ def prepare(request: TrainRequest, *, force: bool = False, num_cpu_procs: int | 
                           False, time.monotonic() - started, tuple(changes))
     log.info("%s", result.describe())
     return result
+
+
+def _failure_marker(spec: PrepareSpec) -> Path:
+    return spec.data_output_dir.parent / f".{spec.data_output_dir.name}.prepare-failed.json"
+
+
+def _record_failure(spec: PrepareSpec, identity: DataIdentity, problems: list[str]) -> None:
+    """Tell waiting nodes that these inputs cannot be prepared (a data problem: the same inputs fail the same way),
+    so they fail at once with node rank 0's reason instead of waiting for their timeout."""
+    try:
+        spec.data_output_dir.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(_failure_marker(spec), {"key": identity.key(), "problems": problems})
+    except OSError as exc:
+        log.warning("could not record the preparation failure for waiting nodes: %s", exc)
 
 
 def _default_cpu_procs() -> int:
@@ -517,6 +537,13 @@ def wait_for_prepared_data(
         manifest = read_manifest(spec.data_output_dir)
         if not manifest_differences(manifest, identity) and (spec.data_output_dir / DATA_FILE).is_file():
             return PreparedData(spec.data_output_dir, manifest or {}, True, time.monotonic() - started)
+        try:
+            failure = json.loads(_failure_marker(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            failure = None
+        if isinstance(failure, dict) and failure.get("key") == identity.key():
+            raise ParameterError([f"node rank 0 could not prepare the data for node rank {node_rank}:",
+                                  *map(str, failure.get("problems") or [])])
         now = time.monotonic()
         if now - started >= timeout_s:
             why = "; ".join(manifest_differences(manifest, identity))

@@ -148,6 +148,24 @@ def test_a_waiting_node_gives_up_with_a_clear_message(local_model, chat_data, tm
     assert "no manifest" in message and "training-hub prepare" in message and prep.PREPARE_TIMEOUT_VARIABLE in message
 
 
+def test_waiting_nodes_fail_at_once_with_node_rank_0s_data_error(local_model, tmp_path):
+    data = write_chat_dataset(tmp_path / "train.jsonl", 3)
+    data.write_text(data.read_text() + "{oops\n")
+    dist = dict(nnodes=2, rdzv_id="r", rdzv_endpoint="127.0.0.1:29500")
+    with pytest.raises(ParameterError, match="line 4: not valid JSON"):
+        prep.ensure_prepared(request(local_model, data, tmp_path / "ckpt", node_rank=0, **dist))
+    started = time.monotonic()
+    with pytest.raises(ParameterError) as caught:
+        prep.ensure_prepared(request(local_model, data, tmp_path / "ckpt", node_rank=1, **dist), timeout_s=60)
+    assert time.monotonic() - started < 10  # not the timeout
+    assert caught.value.problems[0] == "node rank 0 could not prepare the data for node rank 1:"
+    assert f"{data} line 4: not valid JSON" in caught.value.problems[1]
+    # Other inputs (the data fixed) are not failed by that record: the node waits for them.
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(prep.PrepareTimeout):
+        prep.ensure_prepared(request(local_model, data, tmp_path / "ckpt", node_rank=1, **dist), timeout_s=0.3)
+
+
 def test_prepare_timeout_comes_from_the_environment():
     assert prep.prepare_timeout({}) == prep.DEFAULT_PREPARE_TIMEOUT_S
     assert prep.prepare_timeout({prep.PREPARE_TIMEOUT_VARIABLE: "90"}) == 90
