@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import statistics
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from operator_common import PodWatch, bench_cluster, free_port, new_namespace, percentile  # noqa: E402
+from operator_common import PodWatch, bench_cluster, free_port, new_namespace, percentile, scrape  # noqa: E402
 
 from tests.cluster.operator_harness import OperatorProcess, sftjob, wait_until  # noqa: E402
 from sftjob_operator.kube import GROUP, PLURAL, VERSION, Kube  # noqa: E402
@@ -40,6 +41,13 @@ def replica(cluster, namespace: str, log_dir: Path, name: str, elect: bool) -> O
                     "POD_NAME": name})
     return OperatorProcess(cluster, [namespace], log_dir / f"{namespace}-{name}.log", env=env, metrics_port=free_port(),
                            fast=False).start()
+
+
+def wait_warm(process: OperatorProcess, settle: float = 3.0) -> None:
+    """Until the replica serves metrics and its watches have listed: a warm standby, as a Ready pod is. (A replica
+    that has not yet seen the Lease when the leader dies waits a full lease duration from its first sight.)"""
+    wait(lambda: "sftjob_operator_leader" in (scrape(process) or ""), 60, "the replica serving metrics", interval=0.2)
+    time.sleep(settle)
 
 
 def holder(kube: Kube, namespace: str) -> str:
@@ -91,7 +99,7 @@ def takeovers(cluster, kube: Kube, log_dir: Path, runs: int, seed: int, how: str
     processes = {name: replica(cluster, namespace, log_dir, name, True) for name in ("replica-a",)}
     leader_process(kube, namespace, processes)
     processes["replica-b"] = replica(cluster, namespace, log_dir, "replica-b", True)
-    time.sleep(3)
+    wait_warm(processes["replica-b"])
     rng = random.Random(seed)
     values = []
     try:
@@ -109,8 +117,7 @@ def takeovers(cluster, kube: Kube, log_dir: Path, runs: int, seed: int, how: str
             values.append(first - stopped)
             processes[leader].process.wait(30) if how == "term" else None
             wait(lambda: watch.job_times(f"gang-{run}", 4)[0], 60, f"gang-{run} created")
-            processes[leader].start()
-            time.sleep(2)  # the restarted replica settles as the standby
+            wait_warm(processes[leader].start())  # back as the standby
             cluster.kubectl("delete", "sftjob", f"gang-{run}", f"probe-{run}", "-n", namespace, "--wait=false")
             print(f"  {how} {run + 1}/{runs}: {values[-1]:.2f} s", flush=True)
     finally:
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="operator-ha-bench-"))
     figures: dict = {}
-    with bench_cluster(pool_nodes=8, gpus_per_node=128) as cluster:
+    with bench_cluster(f"th-bench-ha-{os.getpid()}", pool_nodes=8, gpus_per_node=128) as cluster:
         kube = Kube(cluster.api_client())
         if args.runs:
             namespace = new_namespace(cluster, "bench-ha-one")
