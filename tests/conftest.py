@@ -182,6 +182,7 @@ class _RealCluster:
     error: str | None = None
     owned_name: str | None = None
     missing_images: dict[str, str] = {}
+    images: dict[str, str] = {}  # operator/trainer -> the image name its archive carries
     REAL_NODES = 2
 
     @classmethod
@@ -200,6 +201,7 @@ class _RealCluster:
                 cls.missing_images[image] = why_not
             else:
                 archives.append(archive)
+                cls.images[image] = real_nodes.archive_image_ref(archive)
         try:
             cluster = _start_with_one_retry(cls.owned_name, bin_dir, nodes=1)
             cluster.add_real_nodes(cls.REAL_NODES, archives=archives)
@@ -236,7 +238,7 @@ def real_images(real_cluster) -> dict[str, str]:
         if not (Path(__file__).resolve().parent.parent / "hack" / "images.sh").exists():
             pytest.skip(reason)  # no way to build images in this checkout: nothing CI could require
         _real_nodes_unavailable(reason)
-    return dict(real_nodes.PROJECT_IMAGES)
+    return dict(_RealCluster.images)
 
 
 @pytest.fixture(scope="session")

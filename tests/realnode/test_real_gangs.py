@@ -55,17 +55,16 @@ def _port() -> int:
 
 
 def preflight_job(name: str, namespace: str, *, iters: int = 5, size_mb: int = 16, **spec) -> dict:
-    return sftjob(
-        name, namespace, nnodes=2, nproc_per_node=1,
-        mode="Preflight",
-        preflight={"sizeMb": size_mb, "iters": iters, "warmup": 1, "backend": "gloo"},
-        hostNetwork=True,
-        rdzvPort=_port(),
-        nodeSelector={real_nodes.REAL_NODE_LABEL: "real"},
-        tolerations=[],
-        backoffLimit=0,
-        **spec,
-    )
+    settings = {
+        "mode": "Preflight",
+        "preflight": {"sizeMb": size_mb, "iters": iters, "warmup": 1, "backend": "gloo"},
+        "hostNetwork": True,
+        "rdzvPort": _port(),
+        "nodeSelector": {real_nodes.REAL_NODE_LABEL: "real"},
+        "tolerations": [],
+        "backoffLimit": 0,
+    }
+    return sftjob(name, namespace, nnodes=2, nproc_per_node=1, **{**settings, **spec})
 
 
 def _logs(cluster, namespace: str, pod: str) -> str:
@@ -125,8 +124,8 @@ def test_killing_one_ranks_process_recreates_the_gang_which_rendezvouses_again_t
     def mark(what: str) -> None:
         timeline.append((time.monotonic() - t0, what))
 
-    # Long enough to be killed mid-way (thousands of all-reduces); rank 0 reports progress from its real log.
-    apply(real_cluster, preflight_job("restart", ns, iters=100000, size_mb=1, backoffLimit=2))
+    # Long enough to be killed mid-way (1000 all-reduces of 64 MiB: minutes); rank 0 reports progress in its log.
+    apply(real_cluster, preflight_job("restart", ns, iters=1000, size_mb=64, backoffLimit=2))
     pods = wait_gang_running(real_cluster, ns, "restart", 2, attempt=0, timeout=300)
     first_rdzv = get_job(real_cluster, ns, "restart")["status"]["rdzvId"]
     mark("gang attempt 0 running")

@@ -203,7 +203,7 @@ def builtin_image_archives(node_bin: Path, into: Path) -> dict[str, Path]:
     return archives
 
 
-PROJECT_IMAGES = {"operator": "localhost/training-hub-operator:dev", "trainer": "localhost/training-hub-trainer:dev"}
+PROJECT_IMAGES = ("operator", "trainer")  # built by hack/images.sh; names come from their archives
 
 
 def project_image_archive(name: str) -> tuple[Path | None, str]:
@@ -221,6 +221,16 @@ def project_image_archive(name: str) -> tuple[Path | None, str]:
     if result.returncode != 0 or not Path(path).is_file():
         return None, f"the {name} image (bash hack/images.sh archive {name} failed: {result.stderr.strip()[-500:]})"
     return Path(path), ""
+
+
+def archive_image_ref(archive: Path) -> str:
+    """The image name a docker-archive carries (the first RepoTag of its manifest.json)."""
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    tags = manifest[0].get("RepoTags") or []
+    if not tags:
+        raise RealNodesUnavailable(f"{archive} names no image (RepoTags is empty)")
+    return tags[0]
 
 
 # --- the image store shared by every node -------------------------------------------------------

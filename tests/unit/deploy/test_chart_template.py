@@ -135,6 +135,18 @@ def test_deployment_is_hardened_and_probed(helm_binary):
 
 
 @pytest.mark.timeout(60)
+def test_host_network_is_off_by_default_and_keeps_cluster_dns_when_on(helm_binary):
+    (default,) = by_kind(render(helm_binary), "Deployment")
+    assert "hostNetwork" not in default["spec"]["template"]["spec"]
+    (deployment,) = by_kind(render(helm_binary, "--set", "hostNetwork=true"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True  # still hardened
+    refused = helm(helm_binary, "template", "rel", str(CHART), "--set", "hostNetwork=yes", check=False)
+    assert refused.returncode != 0 and "hostNetwork" in refused.stderr
+
+
+@pytest.mark.timeout(60)
 def test_trainer_resources_reach_the_operator_config(helm_binary):
     """values.yaml trainer.resources -> SFTJOB_OPERATOR_DEFAULT_TRAINER_RESOURCES -> OperatorConfig, as the
     operator reads it at start (the default: no defaults, only what each job sets)."""
