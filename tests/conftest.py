@@ -167,6 +167,13 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         images.SessionImages.build()
     if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         _SessionCluster.start()
+    # Real nodes and the images they run, before the first test too: a cold trainer build and its first import
+    # into the nodes' image store take minutes that no test's timeout should pay.
+    if any("real_cluster" in getattr(item, "fixturenames", ()) for item in session.items) and not _missing_for_real_nodes():
+        images.SessionImages.build()
+        bin_dir, _ = _lookup_bin_dir()
+        if bin_dir is not None:
+            _RealCluster.start(bin_dir)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
