@@ -15,6 +15,8 @@
 #   hack/control-plane.sh node-bin-dir        prints that dir if complete; never builds
 #   hack/control-plane.sh node-deps           apt-get install containerd runc busybox-static if missing (root)
 #   hack/control-plane.sh real-nodes [NAME] [COUNT] [GPUS]   adds real kubelet nodes (root; containerd + runc from Debian)
+#   hack/control-plane.sh kueue-build   build (or find) Kueue: binary, CRDs, webhook manifests; prints its dir
+#   hack/control-plane.sh kueue-dir     prints Kueue's dir if complete; never builds
 #
 # Env: TRAINING_HUB_K8S_BIN   a directory that already holds all the binaries (skips the build)
 #      TRAINING_HUB_NODE_BIN  a directory that already holds kubelet, coredns and pause (skips node-build)
@@ -29,6 +31,7 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 KWOK_FALLBACK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
+KUEUE_VERSION=v0.17.0
 # Upstream's Makefile stamps the Kubernetes version helm assumes offline (`helm template`, lint
 # deprecations) from its client-go (v0.37 -> 1.37); without it helm assumes 1.20.
 HELM_K8S_MAJOR=1
@@ -265,6 +268,40 @@ build_helm() {
   log "helm $HELM_VERSION built in $((SECONDS - started)) s"
 }
 
+# Kueue (tests/support/kueue.py runs it beside a cluster): the binary plus the CRDs and webhook manifests of the
+# same module, so a cached run needs no module cache. Cold: ~6 min on 2 cores.
+kueue_dir() { echo "$BIN_CACHE/kueue-$KUEUE_VERSION"; }
+
+kueue_complete() {
+  local dir=$1
+  [[ -x "$dir/kueue" && -f "$dir/webhook-manifests.yaml" && -f "$dir/crds/kueue.x-k8s.io_workloads.yaml" ]]
+}
+
+build_kueue() {
+  local out
+  out=$(kueue_dir)
+  kueue_complete "$out" && return 0
+  require_go
+  mkdir -p "$BIN_CACHE"
+  exec 8>"$CACHE_ROOT/kueue-build.lock"
+  flock 8
+  if ! kueue_complete "$out"; then
+    local started=$SECONDS tmp="$out.tmp.$$" module
+    log "building kueue $KUEUE_VERSION (cold: ~6 min on 2 cores)"
+    rm -rf "$tmp" && mkdir -p "$tmp/crds"
+    go_install_into "$tmp" "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+      "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION" || die "building kueue $KUEUE_VERSION failed"
+    module=$(cd "$tmp" && go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+    [[ -d "$module/config/components" ]] || die "kueue $KUEUE_VERSION: module source not found ($module)"
+    cp "$module"/config/components/crd/bases/*.yaml "$tmp/crds/"
+    cp "$module/config/components/webhook/manifests.yaml" "$tmp/webhook-manifests.yaml"
+    chmod -R u+w "$tmp"
+    finish_component "$tmp" "$out"
+    log "kueue $KUEUE_VERSION built in $((SECONDS - started)) s"
+  fi
+  flock -u 8
+}
+
 has_all_binaries_in() {
   local dir=$1 b; shift
   for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
@@ -378,7 +415,10 @@ main() {
       bin_dir=$(ensure_binaries)
       printf 'export TRAINING_HUB_K8S_BIN=%q\n' "$bin_dir"
       printf 'export PATH=%q:"$PATH"\n' "$bin_dir"
+      if [[ -z "${TRAINING_HUB_KUEUE_DIR:-}" ]]; then build_kueue; printf 'export TRAINING_HUB_KUEUE_DIR=%q\n' "$(kueue_dir)"; fi
       ;;
+    kueue-build) build_kueue; kueue_dir ;;
+    kueue-dir) kueue_complete "${TRAINING_HUB_KUEUE_DIR:-$(kueue_dir)}" && echo "${TRAINING_HUB_KUEUE_DIR:-$(kueue_dir)}" && exit 0; exit 1 ;;
     bin-dir)  # prints the binaries' directory if complete; never builds
       if [[ -n "${TRAINING_HUB_K8S_BIN:-}" ]]; then has_all_binaries "$TRAINING_HUB_K8S_BIN" && echo "$TRAINING_HUB_K8S_BIN" && exit 0; exit 1; fi
       has_all_binaries "$(bin_set_dir)" && bin_set_dir && exit 0; exit 1 ;;
@@ -389,7 +429,7 @@ main() {
       has_node_binaries "$(node_set_dir)" && node_set_dir && exit 0; exit 1 ;;
     versions)
       echo "kubernetes $K8S_VERSION"; echo "etcd $ETCD_VERSION"; echo "kwok $KWOK_VERSION"; echo "helm $HELM_VERSION"
-      echo "coredns $COREDNS_VERSION"; echo "pause $PAUSE_VERSION" ;;
+      echo "coredns $COREDNS_VERSION"; echo "pause $PAUSE_VERSION"; echo "kueue $KUEUE_VERSION" ;;
     real-nodes)
       local node_bin
       node_bin=$(ensure_node_binaries)

@@ -128,6 +128,7 @@ class ConditionType(str, Enum):
 
     PREPARED = "Prepared"
     CREATED = "Created"
+    SCHEDULED = "Scheduled"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -698,13 +699,25 @@ class SFTJobSpec(_K8sModel):
     )
     suspend: bool = Field(
         default=False,
-        description="true removes the pods (gracefully) and sets the job Suspended; false starts a new gang.",
+        description="true removes the pods (gracefully) and sets the job Suspended; false starts a new gang. With "
+        "Kueue, the gang's quota is released once its pods have stopped, and nothing of a suspended job is queued; "
+        "the new gang on resume queues again.",
     )
     active_deadline_seconds: int | None = Field(
         default=None,
         ge=1,
-        description="Seconds after the job first started after which it is Failed (reason DeadlineExceeded) and "
-        "its pods are deleted.",
+        description="Seconds after the job's gang first started (was admitted: created, and with Kueue let through "
+        "its scheduling gates) after which the job is Failed (reason DeadlineExceeded) and its pods are deleted. "
+        "Time waiting in a Kueue queue does not count.",
+    )
+    unschedulable_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds the gang may stay unable to fit before the job is Failed: Kueue reports it can never "
+        "be admitted (reason Inadmissible, e.g. more than the queue's maximum capacity), or the scheduler cannot "
+        "place a pod (reason Unschedulable, e.g. too few GPUs, a missing PVC, an unknown GPU resource). Unset: wait, "
+        "as Kueue and the scheduler do (a gang waiting for GPUs that other jobs hold looks the same to the scheduler "
+        "as one that can never fit). Waiting for quota in a Kueue queue (reason Queued) never counts.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
@@ -777,7 +790,7 @@ class Condition(_StatusModel):
     """A metav1.Condition: one aspect of the job's state."""
 
     type: str = Field(
-        min_length=1, max_length=316, description="Prepared, Created, Running, Succeeded, Failed, Suspended, or the kstatus conditions Ready, Reconciling, Stalled."
+        min_length=1, max_length=316, description="Prepared, Created, Scheduled, Running, Succeeded, Failed, Suspended, or the kstatus conditions Ready, Reconciling, Stalled."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(
@@ -835,7 +848,9 @@ class SFTJobStatus(_StatusModel):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Latest observations (Prepared, Created, Running, Succeeded, Failed, Suspended; Ready, Reconciling, Stalled for kstatus/Flux).",
+        description="Latest observations (Prepared, Created, Scheduled, Running, Succeeded, Failed, Suspended; Ready, "
+        "Reconciling, Stalled for kstatus/Flux). Why a gang waits is the Scheduled condition's reason (Queued, "
+        "Inadmissible, Unschedulable) and message, repeated in Ready/Reconciling.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(
@@ -854,7 +869,15 @@ class SFTJobStatus(_StatusModel):
     progress_text: str | None = Field(
         default=None, description='Progress in one line, e.g. "epoch 1 step 40 loss 1.23".'
     )
-    start_time: datetime | None = Field(default=None, description="When the first gang was created (RFC 3339).")
+    start_time: datetime | None = Field(
+        default=None,
+        description="When the first gang started: created and let through its scheduling gates (admitted by Kueue) "
+        "(RFC 3339). activeDeadlineSeconds counts from here.",
+    )
+    unschedulable_since: datetime | None = Field(
+        default=None,
+        description="Since when the gang has been Inadmissible or Unschedulable (for unschedulableTimeoutSeconds).",
+    )
     completion_time: datetime | None = Field(default=None, description="When the job finished (RFC 3339).")
     summary: Summary | None = Field(default=None, description="Rank 0's termination summary.")
     last_failure: LastFailure | None = Field(

@@ -140,6 +140,10 @@ def openapi_schema() -> dict[str, Any]:
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
+    # Ready's reason is always set (Ready/Reconciling/Stalled share it): why a waiting job waits (Queued, Inadmissible,
+    # Unschedulable), or GangRunning, Suspended, Succeeded, the failure's reason.
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+     "description": "Why the job is in its phase, e.g. Queued, Inadmissible, Unschedulable, GangRunning."},
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodes", "description": "Pods ready / pods in the gang."},
     {"name": "GPUs/Node", "type": "integer", "jsonPath": ".status.gpusPerNode", "description": "GPUs per pod."},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts."},
@@ -149,6 +153,8 @@ PRINTER_COLUMNS = [
      "description": "Current gang attempt."},
     {"name": "Rdzv-ID", "type": "string", "jsonPath": ".status.rdzvId", "priority": 1,
      "description": "Rendezvous id of the current gang."},
+    {"name": "Message", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].message', "priority": 1,
+     "description": "The reason in words, e.g. Kueue's or the scheduler's message."},
 ]
 
 

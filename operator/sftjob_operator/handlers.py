@@ -74,6 +74,7 @@ def reconcile_policy_from_env(environ: Mapping[str, str] = os.environ) -> rc.Rec
         ("SFTJOB_OPERATOR_RESTART_BACKOFF_MAX_SECONDS", "restart_backoff_max_seconds"),
         ("SFTJOB_OPERATOR_PROGRESS_INTERVAL_SECONDS", "progress_interval_seconds"),
         ("SFTJOB_OPERATOR_RECHECK_SECONDS", "recheck_seconds"),
+        ("SFTJOB_OPERATOR_QUEUED_RECHECK_SECONDS", "queued_recheck_seconds"),
     ):
         raw = environ.get(name, "").strip()
         if raw:
@@ -321,6 +322,7 @@ class JobReconciler:
             gone = self.jobs.pop(key, None)
             if gone is not None and gone.body is not None:  # a DELETED event we missed
                 self.kube.delete_owned_pods(namespace, name, gone.body["metadata"].get("uid"))
+            self._release_orphans(namespace, name)
             return None
         try:
             for _ in range(3):
@@ -337,6 +339,13 @@ class JobReconciler:
         finally:
             if self.metrics is not None:
                 self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def _release_orphans(self, namespace: str, name: str) -> None:
+        """Pods of a deleted job (the garbage collector deletes them): a Kueue group none of whose pods got a node is
+        released by deleting its Workload, since no kubelet will ever end those pods. Bound pods end on their nodes
+        and, not retriable, finish their group by themselves."""
+        for group in rc.unadmitted_groups(self.kube.list_job_pods(namespace, name)):
+            self.kube.delete_workload(namespace, group)
 
     def _reconcile_once(self, state: _JobState, job: dict[str, Any], rejection: "rc.Rejection | None" = None) -> float | None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
@@ -360,7 +369,12 @@ class JobReconciler:
         progress_pod = rc.progress_pod_name(job, pods)
         if progress_pod:
             log_tail = self.kube.read_log_tail(namespace, progress_pod)
-        observed = rc.Observed(pods=pods, service=service, configmap=configmap, rank0_log_tail=log_tail, rejection=rejection)
+        workload = None
+        held = [pod for pod in pods if rc.pod_attempt(pod) == attempt and rc.kueue_gated(pod)]
+        if held and old_status.get("phase") not in st.FINISHED_PHASES and rc.pod_group(held[0]):
+            workload = self.kube.get_workload(namespace, rc.pod_group(held[0]))  # why Kueue holds the gang
+        observed = rc.Observed(pods=pods, service=service, configmap=configmap, rank0_log_tail=log_tail, rejection=rejection,
+                               workload=workload)
         result = rc.reconcile(job, observed, now, self.config, self.policy)
 
         patch = rc.status_patch(old_status, result.status)
@@ -408,6 +422,8 @@ class JobReconciler:
                     self.kube.delete_pod(namespace, action.name, action.uid, force=action.force)
                 elif isinstance(action, rc.DeleteJob):
                     self.kube.delete_job(namespace, action.name, action.uid)
+                elif isinstance(action, rc.DeleteWorkload):
+                    self.kube.delete_workload(namespace, action.name)
             except ApiException as error:
                 if self.metrics is not None:
                     self.metrics.reconcile_errors.labels(kind=type(action).__name__).inc()

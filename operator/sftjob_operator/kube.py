@@ -22,6 +22,7 @@ GROUP = "training-hub.io"
 VERSION = "v1alpha1"
 PLURAL = "sftjobs"
 KIND = "SFTJob"
+KUEUE_WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/{name}"
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,16 @@ class Kube:
                 return None
             raise
 
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Kueue's Workload of a pod group, or None (no Kueue, not created yet, or no RBAC to read it: the job then
+        says it is queued without Kueue's reason)."""
+        try:
+            return self.request("get", "GET", KUEUE_WORKLOADS.format(namespace=namespace, name=name))
+        except ApiException as error:
+            if error.status in (403, 404):
+                return None
+            raise
+
     def read_log_tail(self, namespace: str, pod_name: str, *, lines: int = 20, limit_bytes: int = 16384) -> str | None:
         """The last lines of a pod's log, or None when the log cannot be read (yet)."""
         try:
@@ -230,6 +241,19 @@ class Kube:
             return True
         except ApiException as error:
             if error.status in (404, 409):
+                return False
+            raise
+
+    def delete_workload(self, namespace: str, name: str) -> bool:
+        """Delete Kueue's Workload of a pod group whose pods never got a node; Kueue then removes their finalizers.
+        False when it was gone (or Kueue is absent, or RBAC forbids it: the pod GC still ends those pods)."""
+        try:
+            self.request("delete", "DELETE", KUEUE_WORKLOADS.format(namespace=namespace, name=name))
+            return True
+        except ApiException as error:
+            if error.status in (403, 404):
+                if error.status == 403:
+                    log.warning("cannot delete Kueue Workload %s/%s: %s", namespace, name, error.reason)
                 return False
             raise
 

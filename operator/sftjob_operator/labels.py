@@ -19,13 +19,25 @@ PREPARE_ROLE = "prepare"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "training-hub-operator"
 
-# Kueue admits plain pods as one gang when they share a pod-group name and declare the group size.
+# Kueue admits plain pods as one gang when they share a pod-group name and declare the group size
+# (docs/operator.md, "Kueue"). Each gang attempt is its own group, `<job>-a<attempt>` (render.pod_group_name): Kueue
+# names the group's Workload after it, so a new gang gets a fresh Workload that queues again instead of being
+# matched to the finished one of the previous attempt.
 KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # label, on the SFTJob and copied to its pods
 KUEUE_POD_GROUP_NAME = "kueue.x-k8s.io/pod-group-name"  # label
 KUEUE_POD_GROUP_TOTAL_COUNT = "kueue.x-k8s.io/pod-group-total-count"  # annotation
-# Kueue keeps a group's quota after a pod fails, waiting for its replacement (the next gang reuses the group
-# name). When the job ends for good, annotating the pods "false" lets Kueue finish the group and free the quota.
+# "false" on every pod from its creation: the operator, not Kueue, replaces the pods of a gang that ended (always the
+# whole gang, as a new group). Without it Kueue treats a failed or deleted member as retriable and keeps the group's
+# quota and its finalizer on the old pods until same-group replacements appear: a gang restart waiting for the old
+# pods to go would deadlock, and a deleted or suspended job would hold its quota. With it, the group finishes (quota
+# released, finalizers removed) as soon as all its pods have terminated, whatever ended them, operator up or not.
 KUEUE_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"  # annotation
+KUEUE_NOT_RETRIABLE = "false"
+# What Kueue puts on the pods it manages: scheduling gates until the group is admitted, a finalizer until the group
+# is finished, and the TerminationTarget pod condition when it evicts (preempts) them.
+KUEUE_PREFIX = "kueue.x-k8s.io/"
+KUEUE_FINALIZER = "kueue.x-k8s.io/managed"
+KUEUE_TERMINATION_TARGET = "TerminationTarget"
 
 # Keys a user may not set through spec.podLabels / spec.podAnnotations: the operator owns them.
 RESERVED_POD_LABELS = (JOB_NAME, NODE_RANK, ATTEMPT, RDZV_ID, ROLE, MANAGED_BY, KUEUE_QUEUE_NAME, KUEUE_POD_GROUP_NAME)

@@ -10,7 +10,8 @@ The gang rules, in the order they are checked:
 0. A job being deleted (deletionTimestamp) only deletes its pods (the operator also deletes them itself when
    the job is gone: handlers.JobReconciler.job_event; the garbage collector can lag after an API-server restart).
 1. A finished job (Succeeded/Failed) only cleans up (no pod keeps running) and waits for its TTL.
-2. activeDeadlineSeconds past startTime fails the job.
+2. activeDeadlineSeconds past startTime fails the job (startTime: when the first gang was created and let through its
+   scheduling gates, i.e. admitted by Kueue: time in the queue does not count).
 3. `suspend: true` deletes the gang (graceful, so a checkpoint can be saved) and bumps the attempt, so
    resuming starts a new gang with a new rdzv_id.
 4. Any pod of the current attempt that failed ends the attempt for the whole gang:
@@ -30,7 +31,15 @@ The gang rules, in the order they are checked:
    create is a 409 the executor ignores). When the API server refuses one as invalid (400/422, observed as a
    `Rejection`) the job fails with reason Invalid<Kind>Spec and the API server's message: the spec cannot
    produce a valid object, so retrying would loop forever.
+8. A created gang that does not run yet says why (condition Scheduled, repeated in Ready/Reconciling): Queued or
+   Inadmissible (Kueue holds its pods at their scheduling gates; the reason from its Workload), Unschedulable (the
+   scheduler's message), SchedulingGated (other gates). Inadmissible/Unschedulable for longer than
+   unschedulableTimeoutSeconds fails the job.
 All pods Succeeded -> Succeeded, with rank 0's termination summary copied into status.
+
+Under Kueue each attempt is a pod group of its own whose pods are not retriable (labels.KUEUE_RETRIABLE_IN_GROUP):
+the group's quota is released once its pods have terminated, whatever ended the gang. A group none of whose pods
+ever got a node is also released at once by deleting its Workload (DeleteWorkload) when its pods are deleted.
 """
 
 from __future__ import annotations
@@ -87,6 +96,7 @@ class Observed:
     configmap: Mapping[str, Any] | None = None
     rank0_log_tail: str | None = None  # read by the caller only when `progress_pod_name` says so
     rejection: Rejection | None = None  # the last create was refused as invalid (see Rejection)
+    workload: Mapping[str, Any] | None = None  # Kueue's Workload of the current gang, read only while Kueue gates it
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class ReconcilePolicy:
     restart_backoff_max_seconds: float = 300.0
     progress_interval_seconds: float = 30.0  # how often a running job is looked at again (rank-0 log read)
     recheck_seconds: float = 5.0  # how soon to look again while waiting for pods to go away
+    queued_recheck_seconds: float = 15.0  # how often Kueue's reason is read again while the gang waits in a queue
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,15 @@ class DeleteJob:
     uid: str
 
 
-Action = CreateObject | ReplaceConfigMapData | DeletePod | DeleteJob
+@dataclass(frozen=True)
+class DeleteWorkload:
+    """Delete Kueue's Workload of a pod group none of whose pods got a node: Kueue then removes its finalizers at
+    once (its deleted pods would otherwise stay Pending until the pod GC marks them Failed) and never admits it."""
+
+    name: str
+
+
+Action = CreateObject | ReplaceConfigMapData | DeletePod | DeleteJob | DeleteWorkload
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,7 @@ class RunPolicy:
     backoff_limit: int
     suspend: bool
     active_deadline_seconds: int | None
+    unschedulable_timeout_seconds: int | None
     ttl_seconds_after_finished: int | None
     cleanup: str  # cleanPodPolicy, pods deleted when the job ends: All | Running (default) | None
 
@@ -184,6 +204,7 @@ class RunPolicy:
             backoff_limit=int(pick("backoff_limit")),
             suspend=bool(pick("suspend")),
             active_deadline_seconds=pick("active_deadline_seconds"),
+            unschedulable_timeout_seconds=pick("unschedulable_timeout_seconds"),
             ttl_seconds_after_finished=pick("ttl_seconds_after_finished"),
             cleanup=str(pick("clean_pod_policy")),
         )
@@ -205,6 +226,35 @@ def pod_attempt(pod: Mapping[str, Any]) -> int | None:
         return int(pod["metadata"]["labels"][labels.ATTEMPT])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def pod_group(pod: Mapping[str, Any]) -> str | None:
+    """Kueue's pod-group name of the pod (= its Workload's name)."""
+    return (pod["metadata"].get("labels") or {}).get(labels.KUEUE_POD_GROUP_NAME)
+
+
+def scheduling_gates(pod: Mapping[str, Any]) -> list[str]:
+    return [gate.get("name", "") for gate in (pod.get("spec") or {}).get("schedulingGates") or ()]
+
+
+def kueue_gated(pod: Mapping[str, Any]) -> bool:
+    """Whether Kueue still holds the pod at its scheduling gates (its group is not admitted)."""
+    return any(gate.startswith(labels.KUEUE_PREFIX) for gate in scheduling_gates(pod))
+
+
+def unadmitted_groups(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Kueue pod groups among `pods` that Kueue manages (its finalizer) and none of whose pods got a node: deleting
+    their Workload releases them at once (no kubelet will ever end their pods)."""
+    bound: dict[str, bool] = {}
+    managed: set[str] = set()
+    for pod in pods:
+        group = pod_group(pod)
+        if not group:
+            continue
+        bound[group] = bound.get(group, False) or bool((pod.get("spec") or {}).get("nodeName"))
+        if labels.KUEUE_FINALIZER in (pod["metadata"].get("finalizers") or ()):
+            managed.add(group)
+    return sorted(group for group in managed if not bound[group])
 
 
 def _phase(pod: Mapping[str, Any]) -> str:
@@ -271,13 +321,17 @@ def classify_failure(pod: Mapping[str, Any]) -> PodFailure | None:
     pod_status = pod.get("status") or {}
     phase = _phase(pod)
     terminated = _main_terminated_state(pod)
-    disruption = st.find_condition(pod_status.get("conditions"), "DisruptionTarget")
+    # Kubernetes' eviction/preemption mark, or Kueue's when it evicts (preempts) the group.
+    disruption = st.find_condition(pod_status.get("conditions"), "DisruptionTarget") or st.find_condition(
+        pod_status.get("conditions"), labels.KUEUE_TERMINATION_TARGET
+    )
     disrupted = bool(disruption) and disruption.get("status") == "True"
 
     if _terminating(pod) and phase not in ("Succeeded", "Failed"):
         # Nobody but the operator should delete gang pods; the operator deletes only pods it no longer wants.
         reason = (disruption or {}).get("reason") or "PodDeleted"
-        return PodFailure(rank, name, None, reason, "the pod was deleted while the gang ran", False, False)
+        message = (disruption or {}).get("message") or "the pod was deleted while the gang ran"
+        return PodFailure(rank, name, None, reason, message, False, False)
     if phase == "Unknown":
         return PodFailure(rank, name, None, "NodeLost", "the pod's node stopped reporting", False, False)
     if phase != "Failed":
@@ -338,6 +392,50 @@ def _host_ports(pod: Mapping[str, Any]) -> list[int]:
         for port in container.get("ports") or ()
         if port.get("hostPort")
     ]
+
+
+# Why a created gang does not run yet (the Scheduled condition's reasons). Inadmissible and Unschedulable count
+# towards spec.unschedulableTimeoutSeconds; Queued (waiting for quota) never does.
+QUEUED = "Queued"
+INADMISSIBLE = "Inadmissible"
+UNSCHEDULABLE = "Unschedulable"
+SCHEDULING_GATED = "SchedulingGated"
+WAITING_REASONS = (QUEUED, INADMISSIBLE, UNSCHEDULABLE, SCHEDULING_GATED)
+UNFIT_REASONS = (INADMISSIBLE, UNSCHEDULABLE)
+# Kueue's flavor assigner says "... > maximum capacity (...)" when a request can never fit the ClusterQueue (even
+# empty, borrowing included), and "..., N more needed" when it only has to wait for quota.
+_KUEUE_NEVER_FITS = "> maximum capacity"
+_KUEUE_WAITS = "more needed"
+
+
+def kueue_wait(workload: Mapping[str, Any] | None, queue: str | None) -> tuple[str, str]:
+    """(reason, message) for a gang Kueue has not admitted, from its Workload's QuotaReserved/Admitted conditions."""
+    where = f"queue {queue}" if queue else "Kueue"
+    if workload is None:
+        return QUEUED, f"waiting for Kueue to admit the gang ({where}): no Workload yet"
+    conditions = (workload.get("status") or {}).get("conditions")
+    quota = st.find_condition(conditions, "QuotaReserved") or {}
+    message = str(quota.get("message") or "")
+    if quota.get("status") == "True":
+        admitted = st.find_condition(conditions, "Admitted") or {}
+        detail = admitted.get("message") or "waiting for admission checks"
+        return QUEUED, f"quota reserved in {where}, not admitted yet: {detail}"
+    if quota.get("reason") == INADMISSIBLE or (_KUEUE_NEVER_FITS in message and _KUEUE_WAITS not in message):
+        return INADMISSIBLE, f"{where} can never admit the gang as it is: {message or quota.get('reason')}"
+    return QUEUED, f"waiting in {where}: {message or 'not admitted yet'}"
+
+
+def scheduler_wait(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(Unschedulable, the scheduler's message) when a pod of the gang cannot be placed, else None."""
+    stuck = []
+    for pod in sorted(pods, key=lambda p: pod_rank(p) or 0):
+        scheduled = st.find_condition((pod.get("status") or {}).get("conditions"), "PodScheduled") or {}
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            stuck.append((pod["metadata"]["name"], scheduled.get("message") or "no node fits"))
+    if not stuck:
+        return None
+    name, message = stuck[0]
+    return UNSCHEDULABLE, f"{len(stuck)} of {len(pods)} pod(s) cannot be scheduled; {name}: {message}"
 
 
 def _pick_failure(failures: list[PodFailure]) -> PodFailure:
@@ -451,7 +549,14 @@ class _Reconciler:
                 self.result.requeue(min(wait, self.policy.recheck_seconds * 6))
         if remaining:
             self.result.requeue(self.policy.recheck_seconds)
+        self._release_unadmitted(pods)
         return remaining
+
+    def _release_unadmitted(self, deleting: Sequence[Mapping[str, Any]]) -> None:
+        groups = {pod_group(pod) for pod in deleting} - {None}
+        members = [pod for pod in self.pods if pod_group(pod) in groups]
+        for group in unadmitted_groups(members):
+            self.result.actions.append(DeleteWorkload(group))
 
     def _update_counts(self, current: Mapping[int, Mapping[str, Any]]) -> None:
         ready = sum(1 for pod in current.values() if _is_ready(pod))
@@ -525,11 +630,14 @@ class _Reconciler:
             state, reason = ("reconciling", "Suspending") if self._pods_left_after_suspend else ("ready", "Suspended")
         else:
             created = st.find_condition(conditions, st.CREATED) or {}
+            scheduled = st.find_condition(conditions, st.SCHEDULED) or {}
             if created.get("status") != "True" and created.get("message"):
                 message = created["message"]
             else:
                 message = f"gang attempt {self.attempt}: {self.status.get('nodes', '0/?')} pod(s) ready"
             state, reason = "reconciling", "GangRestarting" if phase == st.RESTARTING else "GangPending"
+            if created.get("status") == "True" and scheduled.get("reason") in WAITING_REASONS:
+                reason, message = scheduled["reason"], scheduled.get("message") or message  # why the gang waits
         self._condition(st.READY, state == "ready", reason, message)
         self._condition(st.RECONCILING, state == "reconciling", reason, message)
         self._condition(st.STALLED, state == "stalled", reason, message)
@@ -581,6 +689,8 @@ class _Reconciler:
             self._event("Normal", "Suspended", "job suspended: deleting the gang's pods" if gang_exists else "job created suspended")
         self._set_phase(st.SUSPENDED)
         self.status.pop("startTime", None)  # the deadline clock restarts on resume (as for a batch/v1 Job)
+        self.status.pop("unschedulableSince", None)
+        self._gang_gone(st.SCHEDULED, "JobSuspended", "spec.suspend is true")
         self._condition(st.SUSPENDED, True, "JobSuspended", "spec.suspend is true")
         if self._condition_reason(st.RUNNING) is not None or gang_exists:
             self._condition(st.RUNNING, False, "JobSuspended", "spec.suspend is true")
@@ -639,7 +749,9 @@ class _Reconciler:
         if pod is None:
             self._ensure_shared_objects(rendered, {})
             self.result.actions.append(CreateObject(desired))
-            if "startTime" not in self.status:
+            if "startTime" not in self.status and not self._queued_by_kueue():
+                # Preparing is running (on CPU). Under Kueue the clock starts when the gang is admitted instead,
+                # as for a batch/v1 Job: nothing of the job counts as started while it waits in the queue.
                 self.status["startTime"] = st.format_time(self.now)
                 self._deadline_requeue()
             message = f"pod {name} prepares the data for gang attempt {self.attempt} (on CPU; the gang waits for it)"
@@ -670,6 +782,14 @@ class _Reconciler:
                         f"pod {name} is {_phase(pod)}: preparing the data for gang attempt {self.attempt}")
         self._deadline_requeue()
         return False
+
+    def _queued_by_kueue(self) -> bool:
+        return bool((self.meta.get("labels") or {}).get(labels.KUEUE_QUEUE_NAME))
+
+    def _gang_gone(self, type_: str, reason: str, message: str) -> None:
+        """A condition about the current gang, once that gang is being deleted (kept out until it first exists)."""
+        if st.find_condition(self.status.get("conditions"), type_) is not None:
+            self._condition(type_, False, reason, message)
 
     def _condition_keep_error(self, message: str) -> None:
         # A recorded API error (reason CreateFailed) stays visible until creation succeeds.
@@ -722,6 +842,8 @@ class _Reconciler:
         self._set_phase(st.RESTARTING)
         self._condition(st.CREATED, False, "Restarting", message)
         self._condition(st.RUNNING, False, "Restarting", message)
+        self.status.pop("unschedulableSince", None)
+        self._gang_gone(st.SCHEDULED, "Restarting", message)
         self._event("Warning", "Restarting", message)
         self._delete_pods(list(current.values()), "GangRestart")
 
@@ -756,9 +878,6 @@ class _Reconciler:
 
         missing = [pod for rank, pod in enumerate(rendered.pods) if rank not in current]
         if missing:
-            if "startTime" not in self.status:
-                self.status["startTime"] = st.format_time(self.now)
-                self._deadline_requeue()
             for pod in missing:
                 self.result.actions.append(CreateObject(pod))
             if self._condition_reason(st.CREATED) != "Restarting":
@@ -772,6 +891,11 @@ class _Reconciler:
             text = f"gang attempt {self.attempt}: {len(rendered.pods)} pod(s), rdzv_id {self.status['rdzvId']}"
             self._condition(st.CREATED, True, "GangCreated", text)
             self._event("Normal", "GangCreated", text)
+        if not any(scheduling_gates(pod) for pod in current.values()) and "startTime" not in self.status:
+            # Started = admitted (as a batch/v1 Job under Kueue): time held at the gates, queued, does not count.
+            self.status["startTime"] = st.format_time(self.now)
+        if self._scheduling(current):
+            return
         # Ranks that already finished successfully wait for the others: the gang still runs.
         if all(_phase(pod) in ("Running", "Succeeded") for pod in current.values()):
             if self.status.get("phase") != "Running":
@@ -808,6 +932,51 @@ class _Reconciler:
         elif not current and dict(self.observed.configmap.get("data") or {}) != dict(desired_data):
             # Parameters may change while suspended/between gangs; a gang must start from the current spec.
             self.result.actions.append(ReplaceConfigMapData(rendered.configmap["metadata"]["name"], desired_data))
+
+    def _scheduling(self, current: Mapping[int, Mapping[str, Any]]) -> bool:
+        """The Scheduled condition: every pod bound to a node, or why not. True when the job failed for it
+        (unschedulableTimeoutSeconds)."""
+        pods = list(current.values())
+        waiting: tuple[str, str] | None = None
+        if any(kueue_gated(pod) for pod in pods):
+            queue = next((q for q in ((p["metadata"].get("labels") or {}).get(labels.KUEUE_QUEUE_NAME) for p in pods) if q), None)
+            waiting = kueue_wait(self.observed.workload, queue)
+            self.result.requeue(self.policy.queued_recheck_seconds)  # Kueue's reason changes without a pod event
+        elif any(scheduling_gates(pod) for pod in pods):
+            gated = next(pod for pod in pods if scheduling_gates(pod))
+            waiting = SCHEDULING_GATED, f"pod {gated['metadata']['name']} waits for its scheduling gates: {', '.join(scheduling_gates(gated))}"
+        else:
+            waiting = scheduler_wait(pods)
+        previous = st.find_condition(self.old.get("conditions"), st.SCHEDULED) or {}
+        if waiting is None:
+            bound = sum(1 for pod in pods if (pod.get("spec") or {}).get("nodeName"))
+            if bound == len(pods):
+                self._condition(st.SCHEDULED, True, "AllPodsScheduled", f"all {bound} pod(s) of gang attempt {self.attempt} have a node")
+            else:
+                self._condition(st.SCHEDULED, False, "Scheduling", f"{bound} of {len(pods)} pod(s) have a node")
+            self.status.pop("unschedulableSince", None)
+            return False
+        reason, message = waiting
+        self._condition(st.SCHEDULED, False, reason, message)
+        if previous.get("reason") != reason:
+            self._event("Normal" if reason == QUEUED else "Warning", reason, message)
+        if reason not in UNFIT_REASONS:
+            self.status.pop("unschedulableSince", None)
+            return False
+        since = st.parse_time(self.status.get("unschedulableSince"))
+        if since is None:
+            since = self.now
+            self.status["unschedulableSince"] = st.format_time(since)
+        timeout = self.run_policy.unschedulable_timeout_seconds
+        if timeout is None:
+            return False
+        left = (since + timedelta(seconds=int(timeout)) - self.now).total_seconds()
+        if left > 0:
+            self.result.requeue(left)
+            return False
+        self._condition(st.CREATED, False, reason, message)
+        self._finish(False, reason, f"{message} (for {int(timeout)}s: unschedulableTimeoutSeconds)")
+        return True
 
     def _deadline_requeue(self) -> None:
         deadline = self.run_policy.active_deadline_seconds

@@ -63,6 +63,16 @@ def pod_name(job_name: str, rank: int) -> str:
     return f"{job_name}-node-{rank}"
 
 
+def pod_group_name(job_name: str, attempt: int) -> str:
+    """Kueue's pod-group name (and so its Workload's name) for one gang attempt: `<job>-a<attempt>`. A label value
+    (at most 63 characters): a long job name is shortened with a hash, so two jobs never share a group."""
+    suffix = f"-a{attempt}"
+    if len(job_name) + len(suffix) <= 63:
+        return job_name + suffix
+    digest = hashlib.sha256(job_name.encode()).hexdigest()[:8]
+    return f"{job_name[: 63 - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
+
+
 def new_rdzv_id(job_uid: str, attempt: int) -> str:
     """The rendezvous id of one gang attempt: derived from the job's uid and the attempt, so an operator that
     restarts halfway through creating a gang renders the same id, while every new attempt gets a fresh one.
@@ -374,9 +384,11 @@ def _pod(
 ) -> dict[str, Any]:
     pod_labels = {**(spec.pod_labels or {}), **labels.pod_labels(name, rank=rank, attempt=attempt, rdzv_id=rdzv_id)}
     annotations = dict(spec.pod_annotations or {})
-    # Kueue admits the pods of one group together (all nnodes or none).
-    pod_labels[labels.KUEUE_POD_GROUP_NAME] = name
+    # Kueue admits the pods of one group together (all nnodes or none); each attempt is a group of its own, and the
+    # operator (not Kueue) replaces a gang that ended: labels.KUEUE_RETRIABLE_IN_GROUP says why.
+    pod_labels[labels.KUEUE_POD_GROUP_NAME] = pod_group_name(name, attempt)
     annotations[labels.KUEUE_POD_GROUP_TOTAL_COUNT] = str(spec.nnodes)
+    annotations[labels.KUEUE_RETRIABLE_IN_GROUP] = labels.KUEUE_NOT_RETRIABLE
     if queue_name:
         pod_labels[labels.KUEUE_QUEUE_NAME] = queue_name
 

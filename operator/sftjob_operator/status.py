@@ -14,6 +14,7 @@ from sftjob_operator.api import ConditionType, Phase
 # Plain-string names of the API's enums (the status is handled as JSON dicts here).
 PREPARED = ConditionType.PREPARED.value
 CREATED = ConditionType.CREATED.value
+SCHEDULED = ConditionType.SCHEDULED.value
 RUNNING = ConditionType.RUNNING.value
 SUCCEEDED = ConditionType.SUCCEEDED.value
 FAILED = ConditionType.FAILED.value

@@ -53,6 +53,7 @@ JOB_RULES = {
     ("", "services", "create"), ("", "services", "get"),
     ("", "configmaps", "create"), ("", "configmaps", "get"), ("", "configmaps", "patch"),
     ("", "events", "create"),
+    ("kueue.x-k8s.io", "workloads", "get"), ("kueue.x-k8s.io", "workloads", "delete"),
 }
 
 

@@ -280,7 +280,7 @@ def test_phase_and_condition_enums_match_the_contract():
         "Pending", "Preparing", "Running", "Succeeded", "Failed", "Suspended", "Restarting"
     ]
     assert [c.value for c in api.ConditionType] == [
-        "Prepared", "Created", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Reconciling", "Stalled"
+        "Prepared", "Created", "Scheduled", "Running", "Succeeded", "Failed", "Suspended", "Ready", "Reconciling", "Stalled"
     ]
 
 

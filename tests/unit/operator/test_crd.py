@@ -163,6 +163,7 @@ def test_status_schema_has_every_contract_field(schema):
     assert set(status) == {
         "phase", "conditions", "observedGeneration", "attempt", "restarts", "rdzvId", "nodesReady", "nodesTotal",
         "nodes", "gpusPerNode", "progress", "progressText", "startTime", "completionTime", "summary", "lastFailure",
+        "unschedulableSince",
     }
     assert set(status["progress"]["properties"]) == {"epoch", "step", "loss", "samplesSeen", "updatedAt"}
     assert {"finalCheckpoint", "epoch", "step", "loss", "resumedFromEpoch"} <= set(status["summary"]["properties"])
@@ -184,15 +185,18 @@ def test_object_level_rules_name_and_immutability(schema):
 def test_printer_columns_point_at_status_fields(generated, schema):
     columns = generated["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [c["name"] for c in columns if not c.get("priority")] == [
-        "Phase", "Nodes", "GPUs/Node", "Restarts", "Progress", "Age"
+        "Phase", "Reason", "Nodes", "GPUs/Node", "Restarts", "Progress", "Age"
     ]
     status = schema["properties"]["status"]["properties"]
     for column in columns:
-        if column["jsonPath"].startswith(".status."):
-            field = column["jsonPath"].removeprefix(".status.")
-            type_ = status[field]["type"]
-            assert column["type"] == type_, column
-    assert columns[5] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+        path = column["jsonPath"].removeprefix(".status.")
+        if path.startswith("conditions[?(@.type==\"Ready\")]."):
+            # Ready is always set and carries the shared kstatus reason and message.
+            field = path.rsplit(".", 1)[1]
+            assert field in status["conditions"]["items"]["properties"] and column["type"] == "string", column
+        elif column["jsonPath"].startswith(".status."):
+            assert column["type"] == status[path]["type"], column
+    assert columns[6] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 
 class _Example(BaseModel):

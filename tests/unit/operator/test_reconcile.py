@@ -165,7 +165,7 @@ def test_new_job_creates_service_configmap_and_every_rank_with_one_rdzv_id():
     assert status["phase"] == "Pending"
     assert status["attempt"] == 0 and status["restarts"] == 0
     assert status["rdzvId"] == new_rdzv_id(UID, 0)
-    assert status["startTime"] == st.format_time(NOW)
+    assert "startTime" not in status, "the gang starts once its pods exist and are let through their gates"
     assert status["observedGeneration"] == 1
     assert status["nodes"] == "0/4" and status["nodesTotal"] == 4 and status["gpusPerNode"] == 8
     created = condition(status, "Created")
@@ -586,7 +586,9 @@ def test_suspend_deletes_the_gang_and_resume_starts_a_new_one():
     assert resumed.status["phase"] == "Pending"
     pods = creates(resumed)
     assert len(pods) == 4 and {p["metadata"]["labels"][labels.RDZV_ID] for p in pods} == {new_rdzv_id(UID, 1)}
-    assert resumed.status["startTime"] == st.format_time(NOW + timedelta(minutes=5))
+    assert "startTime" not in resumed.status
+    started = run(applied(job, resumed), gang(1), now=NOW + timedelta(minutes=6))
+    assert started.status["startTime"] == st.format_time(NOW + timedelta(minutes=6))
     assert "Resumed" in event_reasons(resumed)
 
 
@@ -1048,3 +1050,176 @@ def test_suspending_while_preparing_deletes_the_prepare_pod():
     job = applied(prepare_job(), run(prepare_job(), service=None))
     suspended = run({**job, "spec": {**job["spec"], "suspend": True}}, [prepare_pod()])
     assert [d.name for d in deletes(suspended)] == ["train-prepare-0"] and suspended.status["phase"] == "Suspended"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------------------
+# waiting: Kueue's queue, the scheduler (docs/operator.md "Why a job waits")
+
+KUEUE_GATES = [{"name": "kueue.x-k8s.io/admission"}, {"name": "kueue.x-k8s.io/topology"}]
+NEEDS_16 = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor gpu, 16 more needed"
+NEVER_FITS = ("couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor gpu, previously "
+              "considered podsets requests (0) + current podset request (24) > maximum capacity (16)")
+
+
+def queued_pod(rank: int, attempt: int = 0, *, gated: bool = True, node: str | None = None, unschedulable: str | None = None):
+    pod = make_pod(rank, attempt, phase="Pending")
+    pod["metadata"]["labels"][labels.KUEUE_QUEUE_NAME] = "gpu-queue"
+    pod["metadata"]["labels"][labels.KUEUE_POD_GROUP_NAME] = f"train-a{attempt}"
+    pod["metadata"]["finalizers"] = ["kueue.x-k8s.io/managed"]
+    pod["spec"] = {"schedulingGates": list(KUEUE_GATES)} if gated else {}
+    if node:
+        pod["spec"]["nodeName"] = node
+    if unschedulable:
+        pod["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable})
+    return pod
+
+
+def workload(reason: str, message: str, status: str = "False") -> dict:
+    return {"metadata": {"name": "train-a0"}, "status": {"conditions": [
+        {"type": "QuotaReserved", "status": status, "reason": reason, "message": message}]}}
+
+
+def run_waiting(job, pods, wl=None, **kwargs):
+    observed_job = applied(job, run(job, service=None))  # the gang was created
+    observed = rc.Observed(pods=pods, service=PRESENT, configmap={"metadata": {"name": "train-params"}, "data": _desired_configmap_data(job)}, workload=wl)
+    return observed_job, rc.reconcile(observed_job, observed, kwargs.get("now", NOW), CONFIG, POLICY)
+
+
+def test_a_gang_held_by_kueue_is_queued_with_the_queue_and_kueues_reason():
+    job, result = run_waiting(make_job(2), [queued_pod(0), queued_pod(1)], workload("Pending", NEEDS_16))
+    scheduled = condition(result.status, "Scheduled")
+    assert scheduled["status"] == "False" and scheduled["reason"] == "Queued"
+    assert scheduled["message"] == f"waiting in queue gpu-queue: {NEEDS_16}"
+    # the same reason for kubectl get (the Reason column reads Ready) and for kstatus
+    assert condition(result.status, "Ready")["reason"] == "Queued"
+    assert condition(result.status, "Reconciling")["status"] == "True"
+    assert condition(result.status, "Reconciling")["message"] == scheduled["message"]
+    assert [(e.type, e.reason) for e in result.events if e.reason == "Queued"] == [("Normal", "Queued")]
+    assert "startTime" not in result.status, "time in the queue is not run time"
+    assert result.requeue_after <= POLICY.queued_recheck_seconds
+    # the same reason again: no second event
+    again = rc.reconcile(applied(job, result), rc.Observed(pods=[queued_pod(0), queued_pod(1)], workload=workload("Pending", NEEDS_16)), NOW, CONFIG, POLICY)
+    assert "Queued" not in event_reasons(again)
+
+
+def test_a_gang_that_can_never_fit_its_queue_is_inadmissible():
+    _, result = run_waiting(make_job(3), [queued_pod(r) for r in range(3)], workload("Pending", NEVER_FITS))
+    scheduled = condition(result.status, "Scheduled")
+    assert scheduled["reason"] == "Inadmissible" and "> maximum capacity (16)" in scheduled["message"]
+    assert "queue gpu-queue can never admit" in scheduled["message"]
+    assert ("Warning", "Inadmissible") in [(e.type, e.reason) for e in result.events]
+    assert result.status["unschedulableSince"] == st.format_time(NOW)
+    _, missing_queue = run_waiting(make_job(2), [queued_pod(0), queued_pod(1)], workload("Inadmissible", "LocalQueue gpu-queue doesn't exist"))
+    assert condition(missing_queue.status, "Scheduled")["reason"] == "Inadmissible"
+    _, no_workload = run_waiting(make_job(2), [queued_pod(0), queued_pod(1)], None)
+    assert condition(no_workload.status, "Scheduled")["reason"] == "Queued"
+
+
+def test_unschedulable_pods_say_the_schedulers_message():
+    message = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    pods = [queued_pod(0, gated=False, node="n0"), queued_pod(1, gated=False, unschedulable=message)]
+    _, result = run_waiting(make_job(2), pods)
+    scheduled = condition(result.status, "Scheduled")
+    assert scheduled["reason"] == "Unschedulable"
+    assert scheduled["message"] == f"1 of 2 pod(s) cannot be scheduled; train-node-1: {message}"
+    assert condition(result.status, "Ready")["reason"] == "Unschedulable"
+    assert "startTime" in result.status, "ungated pods have started (as a batch/v1 Job's startTime)"
+
+
+def test_all_pods_bound_is_scheduled_true():
+    job = running_job(2)
+    result = run(job, [dict(p, spec={"nodeName": f"n{i}"}) for i, p in enumerate(gang(n=2))])
+    assert condition(result.status, "Scheduled")["status"] == "True"
+
+
+def test_unschedulable_timeout_fails_the_job_and_deletes_the_workload_of_unbound_pods():
+    pods = [queued_pod(0, gated=False, unschedulable="0/4 nodes are available: persistentvolumeclaim \"data\" not found.")]
+    job, first = run_waiting(make_job(1, unschedulableTimeoutSeconds=300), pods)
+    assert first.status["phase"] == "Pending" and first.requeue_after <= 300
+    job = applied(job, first)
+    later = rc.reconcile(job, rc.Observed(pods=pods), NOW + timedelta(seconds=299), CONFIG, POLICY)
+    assert later.status["phase"] == "Pending"
+    failed = rc.reconcile(job, rc.Observed(pods=pods), NOW + timedelta(seconds=300), CONFIG, POLICY)
+    assert failed.status["phase"] == "Failed"
+    assert condition(failed.status, "Failed")["reason"] == "Unschedulable"
+    assert "persistentvolumeclaim" in condition(failed.status, "Failed")["message"]
+    assert condition(failed.status, "Stalled")["status"] == "True"
+    assert [a.name for a in deletes(failed)] == ["train-node-0"]
+    assert rc.DeleteWorkload("train-a0") in failed.actions  # never got a node: no kubelet will end it
+
+
+def test_queued_time_never_counts_towards_the_unschedulable_timeout():
+    pods = [queued_pod(0)]
+    job, first = run_waiting(make_job(1, unschedulableTimeoutSeconds=60), pods, workload("Pending", NEEDS_16))
+    assert "unschedulableSince" not in first.status
+    later = rc.reconcile(applied(job, first), rc.Observed(pods=pods, workload=workload("Pending", NEEDS_16)), NOW + timedelta(hours=5), CONFIG, POLICY)
+    assert later.status["phase"] == "Pending"
+
+
+def test_active_deadline_counts_from_admission_not_from_the_queue():
+    job, queued = run_waiting(make_job(1, activeDeadlineSeconds=600), [queued_pod(0)], workload("Pending", NEEDS_16))
+    job = applied(job, queued)
+    hours_later = NOW + timedelta(hours=3)
+    still = rc.reconcile(job, rc.Observed(pods=[queued_pod(0)], workload=workload("Pending", NEEDS_16)), hours_later, CONFIG, POLICY)
+    assert still.status["phase"] == "Pending" and "startTime" not in still.status
+    admitted_pod = queued_pod(0, gated=False, node="n0")
+    admitted_pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    admitted = rc.reconcile(job, rc.Observed(pods=[admitted_pod]), hours_later, CONFIG, POLICY)
+    assert admitted.status["startTime"] == st.format_time(hours_later) and admitted.status["phase"] == "Running"
+    job = applied(job, admitted)
+    late = rc.reconcile(job, rc.Observed(pods=[admitted_pod]), hours_later + timedelta(seconds=600), CONFIG, POLICY)
+    assert condition(late.status, "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_suspending_a_queued_gang_deletes_its_workload_and_says_so():
+    job, queued = run_waiting(make_job(2), [queued_pod(0), queued_pod(1)], workload("Pending", NEEDS_16))
+    job = applied(job, queued)
+    job["spec"]["suspend"] = True
+    suspended = rc.reconcile(job, rc.Observed(pods=[queued_pod(0), queued_pod(1)]), NOW, CONFIG, POLICY)
+    assert len(deletes(suspended)) == 2
+    assert [a for a in suspended.actions if isinstance(a, rc.DeleteWorkload)] == [rc.DeleteWorkload("train-a0")]
+    assert condition(suspended.status, "Scheduled")["reason"] == "JobSuspended"
+
+
+def test_an_admitted_gangs_workload_is_left_to_kueue_when_its_pods_are_deleted():
+    # Its pods have nodes: they end (a kubelet stops them) and, not retriable, finish the group: quota follows the GPUs.
+    bound = [queued_pod(r, gated=False, node=f"n{r}") for r in range(2)]
+    for pod in bound:
+        pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    job = running_job(2)
+    job["spec"]["suspend"] = True
+    suspended = rc.reconcile(job, rc.Observed(pods=bound), NOW, CONFIG, POLICY)
+    assert len(deletes(suspended)) == 2
+    assert not [a for a in suspended.actions if isinstance(a, rc.DeleteWorkload)]
+
+
+def test_kueue_preemption_restarts_the_gang_uncounted_with_kueues_reason():
+    job = running_job(2)
+    pods = gang(n=2)
+    pods[0]["metadata"]["deletionTimestamp"] = st.format_time(NOW)
+    pods[0]["status"]["conditions"].append({"type": "TerminationTarget", "status": "True", "reason": "Preempted",
+                                            "message": "Preempted to accommodate a workload (UID: x) due to prioritization in the ClusterQueue"})
+    result = run(job, pods)
+    assert result.status["phase"] == "Restarting" and result.status["restarts"] == 0
+    assert result.status["lastFailure"]["reason"] == "Preempted"
+    assert "prioritization" in result.status["lastFailure"]["message"]
+    assert condition(result.status, "Scheduled")["reason"] == "Restarting"
+
+
+def test_unadmitted_groups_are_the_kueue_managed_groups_without_a_bound_pod():
+    pods = [queued_pod(0), queued_pod(1, attempt=1, gated=False, node="n1"), queued_pod(2, attempt=1), make_pod(3)]
+    assert rc.unadmitted_groups(pods) == ["train-a0"]
+    unmanaged = queued_pod(0)
+    unmanaged["metadata"]["finalizers"] = []
+    assert rc.unadmitted_groups([unmanaged]) == []
+
+
+def test_under_kueue_preparing_does_not_start_the_deadline_clock_admission_does():
+    job = make_job(1, prepare={"enabled": True}, activeDeadlineSeconds=60)
+    job["metadata"]["labels"] = {labels.KUEUE_QUEUE_NAME: "gpu-queue"}
+    created = run(job, service=None, configmap=MISSING)
+    assert created.status["phase"] == "Preparing" and "startTime" not in created.status
+    plain = run(make_job(1, prepare={"enabled": True}, activeDeadlineSeconds=60), service=None, configmap=MISSING)
+    assert plain.status["startTime"] == st.format_time(NOW), "without a queue, preparing is the start"

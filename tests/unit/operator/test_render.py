@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import copy
 import json
 
@@ -211,12 +213,24 @@ def test_owner_references_make_the_job_the_controller(gang):
 def test_kueue_pod_group(gang):
     for pod in gang.pods:
         assert pod["metadata"]["labels"][labels.KUEUE_QUEUE_NAME] == "gpu-q"
-        assert pod["metadata"]["labels"][labels.KUEUE_POD_GROUP_NAME] == "llama"
+        assert pod["metadata"]["labels"][labels.KUEUE_POD_GROUP_NAME] == "llama-a2"  # one group (Workload) per attempt
         assert pod["metadata"]["annotations"][labels.KUEUE_POD_GROUP_TOTAL_COUNT] == "4"
+        # The operator replaces a gang that ended, never Kueue: the group finishes once its pods have terminated.
+        assert pod["metadata"]["annotations"][labels.KUEUE_RETRIABLE_IN_GROUP] == "false"
     job = four_node_job()
     del job["metadata"]["labels"]
     pod = render.render_gang(job, attempt=0, rdzv_id="r", config=CONFIG).pods[0]
     assert labels.KUEUE_QUEUE_NAME not in pod["metadata"]["labels"]
+
+
+def test_pod_group_name_is_per_attempt_and_a_valid_label_value():
+    assert render.pod_group_name("llama", 0) == "llama-a0"
+    assert render.pod_group_name("llama", 12) == "llama-a12"
+    long_a, long_b = "j" * 63, "j" * 62 + "k"
+    names = {render.pod_group_name(name, attempt) for name in (long_a, long_b) for attempt in (0, 1, 1000)}
+    assert len(names) == 6
+    for name in names:
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
 
 
 def test_user_env_comes_after_the_operator_variables(gang):

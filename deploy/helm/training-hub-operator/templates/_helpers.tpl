@@ -112,4 +112,9 @@ tests/cluster/test_helm.py runs the operator as this ServiceAccount end to end a
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Kueue (docs/operator.md, "Kueue"): read why it holds a gang; delete the Workload of a gang that never got a node
+# when the gang ends. Harmless where Kueue is not installed.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, delete]
 {{- end -}}
