@@ -3,6 +3,9 @@
 - ``cluster`` (session): a :class:`tests.support.kwok_cluster.KwokCluster` with 4 x 8-GPU fake nodes.
 - ``namespace`` (function): a fresh namespace name, deleted after the test.
 - ``k8s_bin_dir`` (session): the directory with kube-apiserver, kubectl, kwokctl, helm, ...
+- ``kueue`` (session): real Kueue beside the session cluster (tests/support/kueue.py), started on first use;
+  ``kueue_namespace`` (function): a namespace Kueue manages, with a LocalQueue ``gpu-queue`` on a ClusterQueue of
+  16 GPUs of its own. Tests using them carry ``@pytest.mark.kueue`` (skipped without a Kueue build, failed in CI).
 
 Tests marked ``cluster`` are skipped when no binaries can be had (build them with
 ``hack/control-plane.sh build``; ``hack/test.sh`` does), and fail instead when
@@ -25,6 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import images, kwok_cluster, real_nodes  # noqa: E402
+from tests.support import kueue as kueue_support  # noqa: E402
 
 
 def _cluster_required() -> bool:
@@ -77,7 +81,8 @@ def _real_nodes_unavailable(reason: str):
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Covers cluster tests that start their own clusters and never ask for the `cluster` fixture.
-    if item.get_closest_marker("cluster") is not None or item.get_closest_marker("realnode") is not None:
+    if item.get_closest_marker("cluster") is not None or item.get_closest_marker("realnode") is not None \
+            or item.get_closest_marker("kueue") is not None:
         bin_dir, reason = _lookup_bin_dir()
         if bin_dir is None:
             _unavailable(reason)
@@ -85,6 +90,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         missing = _missing_for_real_nodes()
         if missing:
             _real_nodes_unavailable("real nodes need " + "; ".join(missing))
+    if item.get_closest_marker("kueue") is not None and kueue_support.find_kueue_dir() is None:
+        _unavailable("Kueue is not built: run `hack/control-plane.sh kueue-build` (hack/test.sh does), or set TRAINING_HUB_KUEUE_DIR")
 
 
 @pytest.fixture(scope="session")
@@ -262,3 +269,32 @@ def namespace(cluster: kwok_cluster.KwokCluster, request: pytest.FixtureRequest)
     name = cluster.create_namespace(f"{slug}-{secrets.token_hex(3)}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: kwok_cluster.KwokCluster, tmp_path_factory: pytest.TempPathFactory):
+    kueue_dir = kueue_support.find_kueue_dir()
+    if kueue_dir is None:
+        _unavailable("Kueue is not built: run `hack/control-plane.sh kueue-build`")
+    # Under the cluster's folder: stopping the cluster also ends a Kueue left by a killed session.
+    workdir = (cluster.workdir / "kueue") if cluster.workdir else tmp_path_factory.mktemp("kueue")
+    try:
+        running = kueue_support.start_kueue(cluster, kueue_dir, workdir)
+    except (kueue_support.KueueUnavailable, subprocess.SubprocessError) as error:
+        _unavailable(f"Kueue did not start: {error}")
+    print(f"\nkueue: ready in {running.started_in_s:.1f} s", file=sys.stderr)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def kueue_namespace(kueue: kueue_support.Kueue, cluster: kwok_cluster.KwokCluster, request: pytest.FixtureRequest):
+    """A namespace Kueue manages, with the LocalQueue `gpu-queue` on a ClusterQueue (named after the namespace) of 16
+    GPUs that serves only it."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
+    name = cluster.create_namespace(f"{slug}-{secrets.token_hex(3)}", labels={kueue_support.MANAGED_NAMESPACE_LABEL: "true"})
+    kueue.create_queues(name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    kueue.delete_queues(name)
+

@@ -232,3 +232,42 @@ def wait_gang_running(cluster, namespace: str, name: str, nnodes: int, attempt: 
 
 def env_of(pod: dict) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+
+
+class KubeletEndsDeletedPods:
+    """What kwok leaves out: a kubelet stops the containers of a deleted pod and reports it terminated (exit 143,
+    SIGTERM). kwok only removes deleted pods that have no finalizer, so a pod that Kueue keeps a finalizer on would
+    stay Running forever. This thread ends such pods (bound to a node, being deleted, not terminated yet) in one
+    namespace, as their kubelet would; unbound ones are the pod GC's (controller-manager) business, as in a cluster.
+    Use as a context manager; `ended` lists the pods it ended."""
+
+    def __init__(self, cluster, namespace: str, interval: float = 0.2) -> None:
+        import threading
+
+        self.cluster, self.namespace, self.interval = cluster, namespace, interval
+        self.ended: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"kubelet-{namespace}", daemon=True)
+
+    def __enter__(self) -> "KubeletEndsDeletedPods":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            result = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-o", "json", check=False)
+            if result.returncode != 0:
+                continue
+            for pod in json.loads(result.stdout)["items"]:
+                meta, status = pod["metadata"], pod.get("status") or {}
+                if (meta.get("deletionTimestamp") and pod["spec"].get("nodeName")
+                        and status.get("phase") not in ("Succeeded", "Failed")):
+                    try:
+                        self.cluster.set_pod_terminated(self.namespace, meta["name"], 143, reason="Error")
+                        self.ended.append(meta["name"])
+                    except Exception:  # noqa: BLE001 - gone meanwhile: nothing left to end
+                        pass
