@@ -243,7 +243,11 @@ CONTRACT_STATUS = {
     "conditions": [
         {"type": "Created", "status": "True", "reason": "GangCreated", "message": "gang attempt 1: 4 pod(s)",
          "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 1},
+        {"type": "Scheduled", "status": "True", "reason": "AllPodsScheduled", "message": "all 4 pod(s) have a node",
+         "lastTransitionTime": "2026-01-02T03:04:35Z", "observedGeneration": 1},
         {"type": "Running", "status": "True", "reason": "AllPodsRunning", "message": "all 4 pod(s) are running",
+         "lastTransitionTime": "2026-01-02T03:05:05Z", "observedGeneration": 1},
+        {"type": "Ready", "status": "True", "reason": "GangRunning", "message": "all-4-running",
          "lastTransitionTime": "2026-01-02T03:05:05Z", "observedGeneration": 1},
     ],
     "observedGeneration": 1,
@@ -274,10 +278,11 @@ def test_contract_status_is_stored_whole_and_shown_in_the_printer_columns(crd_in
     assert api.SFTJobStatus.model_validate(CONTRACT_STATUS).restarts == 1
 
     table = cluster.kubectl("get", "sft", "shown", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "NODES", "GPUS/NODE", "RESTARTS", "PROGRESS", "AGE"]
-    assert table[1].split()[:10] == ["shown", "Running", "3/4", "8", "1", "epoch", "1", "step", "40", "loss"]
+    assert table[0].split() == ["NAME", "PHASE", "REASON", "NODES", "GPUS/NODE", "RESTARTS", "PROGRESS", "AGE"]
+    assert table[1].split()[:11] == ["shown", "Running", "GangRunning", "3/4", "8", "1", "epoch", "1", "step", "40", "loss"]
     wide = cluster.kubectl("get", "sft", "shown", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[-2:] == ["ATTEMPT", "RDZV-ID"] and wide[1].split()[-2:] == ["1", "0123456789abcdef-1"]
+    assert wide[0].split()[-3:] == ["ATTEMPT", "RDZV-ID", "MESSAGE"]
+    assert wide[1].split()[-3:] == ["1", "0123456789abcdef-1", "all-4-running"]
 
     bad = patch(cluster, namespace, "shown", {"status": {"phase": "Exploding"}}, status=True)
     assert bad.returncode != 0 and "status.phase" in bad.stderr

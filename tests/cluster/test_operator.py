@@ -95,8 +95,8 @@ def test_four_node_gang_is_wired_and_reported(cluster, namespace, operator):
         assert status["startTime"]
 
         table = cluster.kubectl("get", "sftjobs", "-n", namespace).stdout.splitlines()
-        assert table[0].split()[:5] == ["NAME", "PHASE", "NODES", "GPUS/NODE", "RESTARTS"]
-        assert table[1].split()[:5] == ["llama", "Running", "4/4", "8", "0"]
+        assert table[0].split()[:6] == ["NAME", "PHASE", "REASON", "NODES", "GPUS/NODE", "RESTARTS"]
+        assert table[1].split()[:6] == ["llama", "Running", "GangRunning", "4/4", "8", "0"]
         def events():
             return set(cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                                        "involvedObject.name=llama,involvedObject.kind=SFTJob",
@@ -147,7 +147,7 @@ def test_a_failed_pod_restarts_the_whole_gang_with_a_new_rdzv_id(cluster, namesp
     assert job["status"]["rdzvId"] == new_rdzv.pop()
     assert job["status"]["lastFailure"] == {"rank": 2, "exitCode": 1, "reason": "TrainingFailed", "message": "NCCL timeout"}
     table = cluster.kubectl("get", "sftjob", "retry", "-n", namespace, "--no-headers").stdout.split()
-    assert table[1:5] == ["Running", "4/4", "2", "1"]
+    assert table[1:6] == ["Running", "GangRunning", "4/4", "2", "1"]
 
 
 @pytest.mark.timeout(180)
