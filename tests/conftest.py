@@ -4,8 +4,9 @@
 - ``namespace`` (function): a fresh namespace name, deleted after the test.
 - ``k8s_bin_dir`` (session): the directory with kube-apiserver, kubectl, kwokctl, helm, ...
 - ``kueue`` (session): real Kueue beside the session cluster (tests/support/kueue.py), started on first use;
-  ``kueue_namespace`` (function): a namespace Kueue manages, with a LocalQueue ``gpu-queue`` on a ClusterQueue of
-  16 GPUs of its own. Tests using them carry ``@pytest.mark.kueue`` (skipped without a Kueue build, failed in CI).
+  ``kueue_namespace`` (function, tests/cluster/conftest.py): a namespace Kueue manages, with a LocalQueue
+  ``gpu-queue`` on a ClusterQueue of 16 GPUs of its own. Tests using them carry ``@pytest.mark.kueue`` (skipped
+  without a Kueue build, failed in CI).
 
 Tests marked ``cluster`` are skipped when no binaries can be had (build them with
 ``hack/control-plane.sh build``; ``hack/test.sh`` does), and fail instead when
@@ -285,16 +286,3 @@ def kueue(cluster: kwok_cluster.KwokCluster, tmp_path_factory: pytest.TempPathFa
     print(f"\nkueue: ready in {running.started_in_s:.1f} s", file=sys.stderr)
     yield running
     running.stop()
-
-
-@pytest.fixture
-def kueue_namespace(kueue: kueue_support.Kueue, cluster: kwok_cluster.KwokCluster, request: pytest.FixtureRequest):
-    """A namespace Kueue manages, with the LocalQueue `gpu-queue` on a ClusterQueue (named after the namespace) of 16
-    GPUs that serves only it."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
-    name = cluster.create_namespace(f"{slug}-{secrets.token_hex(3)}", labels={kueue_support.MANAGED_NAMESPACE_LABEL: "true"})
-    kueue.create_queues(name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
-    kueue.delete_queues(name)
-

@@ -98,7 +98,7 @@ def test_gang_admitted_whole_then_second_queued_with_reason_deadline_not_countin
         assert {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods} == {"first-a0"}
         assert {p["metadata"]["annotations"]["kueue.x-k8s.io/retriable-in-group"] for p in pods} == {"false"}
         assert all(not p["spec"].get("schedulingGates") for p in pods)
-        assert kueue.gpus_reserved(cq) == 16
+        wait_quota(kueue, cq, 16)
         first = wait_until(lambda: (j := get_job(cluster, ns, "first")) and condition(j, "Scheduled")
                            and condition(j, "Scheduled")["status"] == "True" and j, 30, "first Scheduled")
         assert first["status"]["startTime"]
@@ -166,7 +166,7 @@ def test_restart_releases_the_quota_and_requeues_then_backoff_limit_fails(cluste
     with KubeletEndsDeletedPods(cluster, ns) as kubelet:
         apply(cluster, queued_job("retry", ns, backoffLimit=1))
         wait_gang_running(cluster, ns, "retry", 2)
-        assert kueue.gpus_reserved(cq) == 16
+        wait_quota(kueue, cq, 16)
 
         failed_at = time.monotonic()
         cluster.set_pod_terminated(ns, "retry-node-1", 1)
@@ -181,7 +181,7 @@ def test_restart_releases_the_quota_and_requeues_then_backoff_limit_fails(cluste
               f"{running - failed_at:.1f} s")
         assert "retry-node-0" in kubelet.ended
         assert {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods} == {"retry-a1"}
-        assert kueue.gpus_reserved(cq) == 16, "only the new gang holds quota"
+        wait_quota(kueue, cq, 16)  # only the new gang holds quota
         job = get_job(cluster, ns, "retry")
         assert job["status"]["restarts"] == 1 and job["status"]["lastFailure"]["rank"] == 1
 
@@ -229,7 +229,7 @@ def test_suspend_gives_quota_back_a_suspended_job_is_never_admitted_and_resume_q
         cluster.kubectl("patch", "sftjob", active, "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
         pods = wait_gang_running(cluster, ns, active, 2, attempt=1, timeout=60)
         assert {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods} == {f"{active}-a1"}
-        assert kueue.gpus_reserved(cq) == 16
+        wait_quota(kueue, cq, 16)
 
 
 @pytest.mark.timeout(240)
@@ -273,7 +273,9 @@ def test_kueue_preempts_a_lower_priority_gang_which_restarts_uncounted_and_queue
                          and condition(j, "Ready")["reason"] == "Queued" and j, 60, "low requeued",
                          describe=describe_job(cluster, ns, "low"))
         assert low["status"]["restarts"] == 0, "a preemption is not the training's fault"
-        assert low["status"]["lastFailure"]["reason"] == "Preempted", low["status"]["lastFailure"]
+        # Kueue's own reason and message (it stops the pods with its TerminationTarget condition).
+        assert low["status"]["lastFailure"]["reason"] == "WorkloadEvictedDueToPreempted", low["status"]["lastFailure"]
+        assert "Preempted to accommodate a workload" in low["status"]["lastFailure"]["message"]
 
 
 @pytest.mark.timeout(240)
@@ -298,7 +300,8 @@ def test_the_kueue_example_runs_as_written(cluster, kueue, kueue_namespace, oper
                               if len(job_pods(cluster, ns, name)) == 2 else None, 60, "example gang running",
                               describe=describe_job(cluster, ns, name))
             assert {p["metadata"]["labels"][QUEUE_LABEL] for p in pods} == {QUEUE}
-            assert len(pods) == 2 and kueue.gpus_reserved(cq) == 16
+            assert len(pods) == 2
+            wait_quota(kueue, cq, 16)
             wait_phase(cluster, ns, name, "Running")
             assert get_columns(cluster, ns)[name]["REASON"] == "GangRunning"
 

@@ -1199,11 +1199,11 @@ def test_kueue_preemption_restarts_the_gang_uncounted_with_kueues_reason():
     job = running_job(2)
     pods = gang(n=2)
     pods[0]["metadata"]["deletionTimestamp"] = st.format_time(NOW)
-    pods[0]["status"]["conditions"].append({"type": "TerminationTarget", "status": "True", "reason": "Preempted",
+    pods[0]["status"]["conditions"].append({"type": "TerminationTarget", "status": "True", "reason": "WorkloadEvictedDueToPreempted",
                                             "message": "Preempted to accommodate a workload (UID: x) due to prioritization in the ClusterQueue"})
     result = run(job, pods)
     assert result.status["phase"] == "Restarting" and result.status["restarts"] == 0
-    assert result.status["lastFailure"]["reason"] == "Preempted"
+    assert result.status["lastFailure"]["reason"] == "WorkloadEvictedDueToPreempted"
     assert "prioritization" in result.status["lastFailure"]["message"]
     assert condition(result.status, "Scheduled")["reason"] == "Restarting"
 
