@@ -296,9 +296,18 @@ def test_the_kueue_example_runs_as_written(cluster, kueue, kueue_namespace, oper
             assert not kueue.workloads(ns) and not job_pods(cluster, ns, name)
 
             cluster.kubectl("patch", "sftjob", name, "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
-            pods = wait_until(lambda: [p for p in job_pods(cluster, ns, name) if (p.get("status") or {}).get("phase") == "Running"]
-                              if len(job_pods(cluster, ns, name)) == 2 else None, 60, "example gang running",
-                              describe=describe_job(cluster, ns, name))
+            # The data is prepared first, on CPU, outside Kueue's pod group (kwok runs no container: end it as
+            # its kubelet would once it ran).
+            prepare = f"{name}-prepare-0"
+            cluster.wait_for_pod(ns, prepare, lambda p: (p.get("status") or {}).get("phase") == "Running", timeout=60)
+            assert QUEUE_LABEL not in cluster.kubectl_json("get", "pod", prepare, "-n", ns)["metadata"]["labels"]
+            cluster.set_pod_terminated(ns, prepare, 0)
+            def gang():
+                return [p for p in job_pods(cluster, ns, name) if "training-hub.io/role" not in p["metadata"]["labels"]]
+
+            pods = wait_until(lambda: len(gang()) == 2 and all((p.get("status") or {}).get("phase") == "Running"
+                                                                 for p in gang()) and gang(),
+                              60, "example gang running", describe=describe_job(cluster, ns, name))
             assert {p["metadata"]["labels"][QUEUE_LABEL] for p in pods} == {QUEUE}
             assert len(pods) == 2
             wait_quota(kueue, cq, 16)
