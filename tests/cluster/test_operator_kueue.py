@@ -70,6 +70,12 @@ def wait_quota(kueue, cluster_queue: str, gpus: int, timeout: float = 60) -> flo
     return time.monotonic()
 
 
+def group_released(kueue, namespace: str, group: str) -> bool:
+    """Whether the pod group's Workload holds no quota any more: Finished, or already gone with its pods."""
+    workload = next((w for w in kueue.workloads(namespace) if w["metadata"]["name"] == group), None)
+    return workload is None or (condition(workload, "Finished") or {}).get("status") == "True"
+
+
 def get_columns(cluster, namespace: str) -> dict[str, dict[str, str]]:
     """`kubectl get sftjobs` as {name: {column: value}}."""
     lines = cluster.kubectl("get", "sftjobs", "-n", namespace).stdout.splitlines()
@@ -105,7 +111,9 @@ def test_gang_admitted_whole_then_second_queued_with_reason_deadline_not_countin
 
         # A second gang waits at the gates: the job says so, with the queue and Kueue's reason.
         apply(cluster, queued_job("second", ns, activeDeadlineSeconds=8))
-        message = wait_reason(cluster, ns, "second", "Queued")
+        wait_reason(cluster, ns, "second", "Queued")  # at first maybe without Kueue's reason: no Workload yet
+        message = wait_until(lambda: (m := reason(cluster, ns, "second")[1]) and "more needed" in m and m, 30,
+                             "Kueue's reason", describe=describe_job(cluster, ns, "second"))
         assert f"queue {QUEUE}" in message and "insufficient unused quota for nvidia.com/gpu" in message, message
         row = get_columns(cluster, ns)["second"]
         assert row["PHASE"] == "Pending" and row["REASON"] == "Queued" and row["NODES"] == "0/2"
@@ -172,8 +180,9 @@ def test_restart_releases_the_quota_and_requeues_then_backoff_limit_fails(cluste
         cluster.set_pod_terminated(ns, "retry-node-1", 1)
         # The old group finishes once its pods have terminated (rank 0 is ended as its kubelet would):
         # no deadlock, and the new gang, a new group, goes back through the queue.
-        wait_until(lambda: [w for w in kueue.workloads(ns) if w["metadata"]["name"] == "retry-a0"
-                            and condition(w, "Finished")], 30, "retry-a0 finished", interval=0.1)
+        wait_until(lambda: group_released(kueue, ns, "retry-a0"), 30, "retry-a0 finished", interval=0.1,
+                   describe=lambda: json.dumps([(w["metadata"]["name"], w.get("status")) for w in kueue.workloads(ns)])
+                   + describe_job(cluster, ns, "retry")())
         released = time.monotonic()
         pods = wait_gang_running(cluster, ns, "retry", 2, attempt=1, timeout=60)
         running = time.monotonic()
