@@ -76,6 +76,11 @@ def group_released(kueue, namespace: str, group: str) -> bool:
     return workload is None or (condition(workload, "Finished") or {}).get("status") == "True"
 
 
+def show(cluster, namespace: str, when: str) -> None:
+    """What a user sees (printed with -s; quoted in the closing note of issue 10)."""
+    print(f"\n--- kubectl get sftjobs -o wide ({when}) ---\n" + cluster.kubectl("get", "sftjobs", "-n", namespace, "-o", "wide").stdout)
+
+
 def get_columns(cluster, namespace: str) -> dict[str, dict[str, str]]:
     """`kubectl get sftjobs` as {name: {column: value}}."""
     lines = cluster.kubectl("get", "sftjobs", "-n", namespace).stdout.splitlines()
@@ -115,6 +120,7 @@ def test_gang_admitted_whole_then_second_queued_with_reason_deadline_not_countin
         message = wait_until(lambda: (m := reason(cluster, ns, "second")[1]) and "more needed" in m and m, 30,
                              "Kueue's reason", describe=describe_job(cluster, ns, "second"))
         assert f"queue {QUEUE}" in message and "insufficient unused quota for nvidia.com/gpu" in message, message
+        show(cluster, ns, "a gang running, one queued")
         row = get_columns(cluster, ns)["second"]
         assert row["PHASE"] == "Pending" and row["REASON"] == "Queued" and row["NODES"] == "0/2"
         describe = cluster.kubectl("describe", "sftjob", "second", "-n", ns).stdout
@@ -149,6 +155,7 @@ def test_gang_admitted_whole_then_second_queued_with_reason_deadline_not_countin
         assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
         free = wait_quota(kueue, cq, 0, timeout=30)
         print(f"deadline -> quota free: {free - deadline_at:.1f} s")
+        show(cluster, ns, "deadline")
         assert get_columns(cluster, ns)["second"]["REASON"] == "DeadlineExceeded"
 
 
@@ -158,6 +165,7 @@ def test_a_gang_that_can_never_fit_says_inadmissible_and_fails_after_its_timeout
     apply(cluster, queued_job("huge", ns, nnodes=3, unschedulableTimeoutSeconds=6))  # 24 GPUs > 16
     message = wait_reason(cluster, ns, "huge", "Inadmissible")
     assert "maximum capacity" in message and f"queue {QUEUE}" in message, message
+    show(cluster, ns, "never fits")
     assert get_columns(cluster, ns)["huge"]["REASON"] == "Inadmissible"
     failed = wait_phase(cluster, ns, "huge", "Failed", timeout=30)
     assert condition(failed, "Failed")["reason"] == "Inadmissible"

@@ -61,6 +61,7 @@ def test_unschedulable_gangs_say_the_schedulers_reason_and_a_timeout_fails_them(
         assert any(e["reason"] == "Unschedulable" and e["type"] == "Warning" and text in e["message"] for e in events)
         assert text in cluster.kubectl("describe", "sftjob", name, "-n", ns).stdout
 
+    print("\n--- kubectl get sftjobs -o wide (unschedulable) ---\n" + cluster.kubectl("get", "sftjobs", "-n", ns, "-o", "wide").stdout)
     rows = cluster.kubectl("get", "sftjobs", "-n", ns).stdout.splitlines()
     header = rows[0].split()
     assert header[:3] == ["NAME", "PHASE", "REASON"]
