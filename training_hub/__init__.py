@@ -12,7 +12,8 @@ Public API (the names of the reference, https://github.com/Red-Hat-AI-Innovation
 - `sft(**params)` / `SFTAlgorithm(backend).train(**params)`: the parameters are those of
   `training_hub.params.SFTParams` (what to train) and `DistributedParams` (where this process sits
   in the gang); other keyword arguments go to instructlab's `TrainingArgs` by name.
-- Bad parameters raise `ParameterError` (a `ValueError`) listing every problem; a failed run raises
+- Bad parameters raise `ParameterError` (a `ValueError`) listing every problem, a bad data file
+  `DataError` (a `ValueError`) naming file and line; a failed run raises
   `RuntimeError` (`TrainingFailedError` with `.exit_status` and `.log_path` when torchrun failed,
   `TrainingInterruptedError` when it stopped after an on-demand checkpoint and can resume).
 - `prepare_data(**params)`: instructlab's data processing once, into `data_output_dir`, with a manifest;
@@ -20,7 +21,7 @@ Public API (the names of the reference, https://github.com/Red-Hat-AI-Innovation
 - `create_algorithm("sft", "instructlab-training")`, `AlgorithmRegistry.list_algorithms()`,
   `AlgorithmRegistry.list_backends("sft")`.
 - Also exported: `TrainingResult`, `TrainingFailedError`, `TrainingInterruptedError`,
-  `ParameterError`, `SFTParams`, `DistributedParams`.
+  `ParameterError`, `DataError`, `SFTParams`, `DistributedParams`.
 
 Importing this package is cheap: every name loads on first use (PEP 562), and torch, transformers
 and instructlab load only when training starts. Where this API differs from the reference page, see
@@ -47,6 +48,7 @@ _EXPORTS = {
     "TrainingFailedError": "training_hub.backends.instructlab",
     "TrainingInterruptedError": "training_hub.backends.instructlab",
     "ParameterError": "training_hub.params",
+    "DataError": "training_hub.data",
     "SFTParams": "training_hub.params",
     "DistributedParams": "training_hub.params",
 }
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
         TrainingInterruptedError,
         TrainingResult,
     )
+    from training_hub.data import DataError
     from training_hub.params import DistributedParams, ParameterError, SFTParams
 
 

@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from training_hub.launch import env as launch_env
-from training_hub.params import SFT_RULES, CrossFieldRule, SFTParams
+from training_hub.params import CrossFieldRule, SFTParams, rule_violations, validation_problems
 
 from . import labels
 from .config import QUANTITY_PATTERN
@@ -733,9 +733,9 @@ class SFTJobSpec(_K8sModel):
 
     @model_validator(mode="after")
     def _check_rules(self) -> "SFTJobSpec":
-        problems = [f"{to_camel(rule.field)}: {rule.message}" for rule in self._rules if not rule.check(self.__dict__)]
-        if problems:
-            raise ValueError("; ".join(problems))
+        error = rule_violations(self._rules, self.__dict__)
+        if error is not None:
+            raise error
         return self
 
     @field_validator("volumes")
@@ -903,47 +903,6 @@ NAME_MESSAGE = (
 NAME_RULE_CEL = "size(self.metadata.name) <= 63 && self.metadata.name.matches('" + _DNS1035_LABEL + "')"
 
 
-# Cross-field rules report "<snake or camel field>: message" from a model validator; map them back to the field.
-_RULES_BY_FIELD: dict[str, CrossFieldRule] = {
-    name: rule for rule in (*SFT_RULES, *SPEC_RULES) for name in (rule.field, to_camel(rule.field))
-}
-
-
-def _error_path(location: tuple[Any, ...]) -> str:
-    path = ""
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
-    return path
-
-
-def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
-    """One "path: message (got value)" line per pydantic error, the path in camelCase from `prefix`."""
-    problems = []
-    for item in error.errors():
-        path = _error_path((prefix, *item["loc"]) if prefix else item["loc"])
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "value_error":
-            rule_problems = []
-            for part in message.split("; "):
-                name, _, _ = part.partition(": ")
-                rule = _RULES_BY_FIELD.get(name)
-                if rule is None:
-                    break
-                rule_problems.append(f"{path}.{to_camel(rule.field)}: {rule.message}")
-            else:
-                problems.extend(rule_problems)
-                continue
-            problems.append(f"{path}: {message}")
-        elif item["type"] == "missing":
-            problems.append(f"{path}: required")
-        else:
-            problems.append(f"{path}: {message[0].lower() + message[1:]} (got {item.get('input')!r})")
-    return problems
-
-
 def _plain(value: Any) -> Any:
     """Plain dicts/lists from any mappings/sequences (e.g. kopf's read-only views), so free-form fields such as
     extraArgs serialize as JSON."""
@@ -969,7 +928,7 @@ def load_spec(job: Mapping[str, Any]) -> SFTJobSpec:
     try:
         spec = SFTJobSpec.model_validate(_plain(job.get("spec") or {}))
     except ValidationError as exc:
-        problems.extend(validation_problems(exc, "spec"))
+        problems.extend(validation_problems(exc, by_alias=True, prefix=("spec",)))
     if problems or spec is None:
         raise InvalidSFTJob(problems)
     return spec

@@ -85,7 +85,9 @@ def _non_negative_int(raw: str) -> int:
 
 def _read_manifests(filename: str) -> list[Any]:
     text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    from training_hub.yaml_numbers import yaml12_loader
+
+    return [doc for doc in yaml.load_all(text, Loader=yaml12_loader()) if doc is not None]  # noqa: S506 (safe)
 
 
 def render_command(args: argparse.Namespace) -> int:

@@ -23,10 +23,15 @@ class Backend(ABC):
     def extra_arg_names(self) -> Collection[str]:
         """Backend-specific keyword arguments this backend accepts beyond the algorithm's own.
 
-        Called only when a call has names the algorithm does not know, so it may import heavy
-        packages. The default accepts none.
+        Called for every call, so it must be cheap (no heavy imports). A mapping of name -> type
+        (as Python source, e.g. "int | None") also lets the values be checked before training.
+        The default accepts none.
         """
         return ()
+
+    def check(self, request: Any) -> None:
+        """Cheap checks of a validated request against this machine before training starts (e.g. that
+        the data file is usable, that the GPUs asked for exist). Raises ValueError. Default: none."""
 
 
 class Algorithm(ABC):

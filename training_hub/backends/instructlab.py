@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from training_hub.algorithms.base import Backend
 from training_hub.backends.metrics import last_step_metrics, metrics_path
 from training_hub.backends.prepare import ensure_prepared
-from training_hub.params import DEFAULT_BACKEND, ParameterError, TrainRequest, parse_train_kwargs
+from training_hub.backends.training_args_fields import TRAINING_ARGS_FIELDS
+from training_hub.params import DEFAULT_BACKEND, ParameterError, TrainRequest, parse_train_kwargs, validation_problems
 
 if TYPE_CHECKING:
     from instructlab.training import TorchrunArgs, TrainingArgs
@@ -72,6 +73,19 @@ def cuda_visible_device_count(value: str) -> int:
     return count
 
 
+def nvidia_device_count() -> int | None:
+    """GPUs this process may use, without importing torch: the NVIDIA device nodes it can see (a container
+    gets only its own), capped by CUDA_VISIBLE_DEVICES. None when no NVIDIA driver is visible at all."""
+    try:
+        devices = sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia[0-9]+", name))
+    except OSError:
+        devices = 0
+    if devices == 0 and not os.path.isdir("/proc/driver/nvidia"):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return devices if visible is None else min(devices, cuda_visible_device_count(visible))
+
+
 def visible_gpu_count() -> int:
     """GPUs this process may use: honours CUDA_VISIBLE_DEVICES, then asks torch."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -101,10 +115,8 @@ def available_cpu_count() -> int:
 
 
 def training_args_field_names() -> frozenset[str]:
-    """Field names of the installed `instructlab.training.TrainingArgs` (imports instructlab)."""
-    from instructlab.training import TrainingArgs
-
-    return frozenset(TrainingArgs.model_fields)
+    """Field names of instructlab's `TrainingArgs` (from the generated table: no import of instructlab)."""
+    return frozenset(TRAINING_ARGS_FIELDS)
 
 
 def default_data_output_dir(ckpt_output_dir: str) -> str:
@@ -137,15 +149,7 @@ def build_instructlab_args(
     params, dist = request.params, request.distributed
     resources = resources or HostResources.detect()
 
-    nproc_per_node = dist.nproc_per_node
-    if nproc_per_node is None:
-        nproc_per_node = resources.gpu_count
-        if nproc_per_node < 1:
-            raise RuntimeError(
-                "nproc_per_node was not given and no GPU is visible "
-                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
-                "instructlab-training needs GPUs: run on a GPU node or set nproc_per_node"
-            )
+    nproc_per_node = dist.nproc_per_node if dist.nproc_per_node is not None else resources.gpu_count
 
     training: dict[str, Any] = {
         "model_path": params.model_path,
@@ -172,7 +176,7 @@ def build_instructlab_args(
     training.update(params.extra_args)
 
     torchrun = {
-        "nproc_per_node": nproc_per_node,
+        "nproc_per_node": max(1, nproc_per_node),
         "nnodes": dist.nnodes,
         "node_rank": dist.node_rank,
         "rdzv_id": dist.rdzv_id if dist.rdzv_id is not None else (rdzv_id if rdzv_id is not None else random_rdzv_id()),
@@ -184,11 +188,15 @@ def build_instructlab_args(
         try:
             built[key] = model(**values)
         except ValidationError as exc:
-            for error in exc.errors():
-                location = ".".join(str(part) for part in error["loc"]) or model.__name__
-                problems.append(f"{location}: {error['msg']} ({model.__name__})")
-    if problems:
+            problems += [f"{problem} ({model.__name__})" for problem in validation_problems(exc)]
+    if problems:  # reported before the GPU count: a bad value is the caller's to fix either way
         raise ParameterError(problems)
+    if nproc_per_node < 1:
+        raise RuntimeError(
+            "nproc_per_node was not given and no GPU is visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+            "instructlab-training needs GPUs: run on a GPU node or set nproc_per_node"
+        )
     return built["torchrun"], built["training"]
 
 
@@ -354,6 +362,42 @@ def exit_status_from_log(text: str) -> int | None:
     return int(codes[-1]) if codes else None
 
 
+# What ends a run, most specific first: (pattern, what it means for the user). The first line of the
+# log that matches the earliest pattern is the cause; torchrun's own summary at the end never is.
+_KNOWN_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, re.IGNORECASE), hint) for p, hint in (
+    (r"Found no NVIDIA driver|no CUDA GPUs are available|CUDA driver version is insufficient",
+     "no usable GPU on this node"),
+    (r"CUDA out of memory|OutOfMemoryError", "GPU out of memory: lower max_tokens_per_gpu (or max_seq_len)"),
+    (r"Watchdog caught collective operation timeout|NCCL.*(timeout|timed out)|DistNetworkError|DistBackendError|"
+     r"NCCL error", "a collective (NCCL) failed or timed out: check the network between nodes and every rank's log"),
+    (r"No space left on device|Disk quota exceeded", "the disk is full"),
+    (r"FileNotFoundError|No such file or directory|does not appear to have a file named", "a file is missing"),
+    (r"PermissionError|Permission denied|Read-only file system", "a path is not writable"),
+))
+_EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)\b:?.*)$")
+_RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s*")
+
+
+def failure_cause(text: str) -> str | None:
+    """The first real error in a training log (one line, rank prefix removed), with what it means.
+
+    Known causes first (no GPU, CUDA out of memory, NCCL timeouts, disk full, missing files, ...),
+    else the exception that ended the first traceback; None when the log names none.
+    """
+    lines = [_RANK_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    for pattern, meaning in _KNOWN_CAUSES:
+        for line in lines:
+            if pattern.search(line):
+                return f"{line[:500]} ({meaning})"
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and (match := _EXCEPTION_LINE.match(line)):
+            return match[1][:500]
+    return None
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -391,8 +435,10 @@ class TrainingResult:
 class TrainingFailedError(RuntimeError):
     """Training ran and failed: carries torchrun's exit status and where the log is."""
 
-    def __init__(self, message: str, *, exit_status: int | None, log_path: Path, node_rank: int):
+    def __init__(self, message: str, *, exit_status: int | None, log_path: Path, node_rank: int,
+                 cause: str | None = None):
         super().__init__(message)
+        self.cause = cause  # the first real error found in the log
         self.exit_status = exit_status
         self.log_path = log_path
         self.node_rank = node_rank
@@ -453,15 +499,29 @@ class InstructLabTrainingSFTBackend(Backend):
     def __init__(self, resources: HostResources | None = None):
         self.resources = resources  # None: detected when training starts
 
-    def extra_arg_names(self) -> frozenset[str]:
-        return training_args_field_names()
+    def extra_arg_names(self) -> Mapping[str, str]:
+        return TRAINING_ARGS_FIELDS
+
+    def check(self, request: TrainRequest) -> None:
+        """The data file (every line), and an explicit nproc_per_node against the GPUs present."""
+        from training_hub.data import check_data_file
+
+        check_data_file(request.params.data_path, is_pretraining=request.params.is_pretraining,
+                        document_column_name=request.params.document_column_name)
+        wanted = request.distributed.nproc_per_node
+        present = self.resources.gpu_count if self.resources is not None else nvidia_device_count()
+        if wanted is not None and present is not None and wanted > present:
+            raise ParameterError([
+                f"nproc_per_node: {wanted} processes asked for, but this machine shows {present} GPU(s)"
+                f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); one process per GPU"
+            ])
 
     def execute_training(self, algorithm_params: Mapping[str, Any] | TrainRequest) -> TrainingResult:
-        request = (
-            algorithm_params
-            if isinstance(algorithm_params, TrainRequest)
-            else parse_train_kwargs(algorithm_params, self.extra_arg_names)
-        )
+        if isinstance(algorithm_params, TrainRequest):
+            request = algorithm_params
+        else:
+            request = parse_train_kwargs(algorithm_params, self.extra_arg_names())
+            self.check(request)
         return self.run(request)
 
     def run(self, request: TrainRequest) -> TrainingResult:
@@ -518,19 +578,24 @@ class InstructLabTrainingSFTBackend(Backend):
 
     @staticmethod
     def _failure(exit_status: int | None, log_path: Path, node_rank: int) -> TrainingFailedError:
-        tail = _tail(log_path)
+        try:
+            text = log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
         if exit_status is None:
-            exit_status = exit_status_from_log(tail)
+            exit_status = exit_status_from_log(text)
         status = "unknown exit status" if exit_status is None else (
             f"killed by signal {-exit_status}" if exit_status < 0 else f"exit status {exit_status}"
         )
-        hint = ""
-        if "out of memory" in tail.lower():
-            hint = " Looks like GPU out-of-memory: lower max_tokens_per_gpu (or max_seq_len)."
-        message = f"training failed on node rank {node_rank}: torchrun ended with {status}.{hint} Log: {log_path}"
-        if tail:
-            message += "\nLast log lines:\n" + tail
-        return TrainingFailedError(message, exit_status=exit_status, log_path=log_path, node_rank=node_rank)
+        cause = failure_cause(text)
+        message = f"training failed on node rank {node_rank}: torchrun ended with {status}. "
+        message += f"Cause: {cause}. " if cause else "No error found in the log. "
+        message += f"Log: {log_path}"
+        if not cause:
+            tail = _tail(log_path, 5)
+            message += "\nLast log lines:\n" + tail if tail else " (empty)"
+        return TrainingFailedError(message, exit_status=exit_status, log_path=log_path, node_rank=node_rank,
+                                   cause=cause)
 
     @staticmethod
     def _result(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,39 +49,6 @@ def last_step_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     for last in iter_step_metrics(path):
         pass
     return last
-
-
-def follow_step_metrics(
-    path: str | os.PathLike[str], stop: threading.Event, poll_seconds: float = 1.0
-) -> Iterator[dict[str, Any]]:
-    """Yield per-step records as they are appended, until `stop` is set (then the rest is drained).
-
-    Waits for the file to appear; if it is replaced (a new run truncates it), starts over from its
-    beginning. Meant for a thread that prints progress while training runs in another.
-    """
-    position = 0
-    pending = ""
-    while True:
-        stopping = stop.is_set()
-        try:
-            with open(path, encoding="utf-8") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size < position:
-                    position, pending = 0, ""
-                handle.seek(position)
-                chunk = handle.read()
-                position = handle.tell()
-        except FileNotFoundError:
-            chunk = ""
-        pending += chunk
-        *lines, pending = pending.split("\n")
-        for line in lines:
-            record = _parse(line)
-            if is_step_record(record):
-                yield record
-        if stopping:
-            return
-        stop.wait(poll_seconds)
 
 
 def _parse(line: str) -> Any:

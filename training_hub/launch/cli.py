@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ from training_hub.launch.summary import build_summary, write_summary
 from training_hub.launch.supervisor import ChildExit, Interrupted, SignalState, run_child
 
 PROG = "training-hub"
+USAGE = 2  # no command given: the help is printed
 DEFAULT_TRAINER = "training_hub:sft"  # module:function the trainer process calls with the sft() kwargs
 
 
@@ -63,8 +65,10 @@ def load_config_file(path: str) -> dict[str, Any]:
     else:
         import yaml  # YAML is a superset of JSON: also reads .json-like files with other names
 
+        from training_hub.yaml_numbers import yaml12_loader
+
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=yaml12_loader())  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
     if data is None:
@@ -74,73 +78,34 @@ def load_config_file(path: str) -> dict[str, Any]:
     return {str(key): value for key, value in data.items()}
 
 
-def canonical_name(name: str) -> str:
-    """The snake_case name of an SFT/distributed parameter given in either spelling; other names unchanged.
-
-    (Other names are backend TrainingArgs fields, which are snake_case already.)
-    """
-    from training_hub.params import DISTRIBUTED_FIELDS, SFT_FIELDS
-
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-    return snake if snake in SFT_FIELDS | DISTRIBUTED_FIELDS | {"extra_args"} else name
-
-
 def merge_settings(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge parameter mappings, later layers winning, under snake_case names (camelCase accepted)."""
+    """Merge parameter mappings, later layers winning, under snake_case names (camelCase accepted).
+
+    One layer (e.g. a config file) that spells one parameter both ways is an error naming both.
+    """
+    from training_hub.backends.training_args_fields import TRAINING_ARGS_FIELDS
+    from training_hub.params import _MODEL_FIELDS, ParameterError, canonical_name, spelling_conflicts
+
+    known = _MODEL_FIELDS | set(TRAINING_ARGS_FIELDS)
     merged: dict[str, Any] = {}
     for layer in layers:
+        conflicts = spelling_conflicts(layer, known)
+        if conflicts:
+            raise ParameterError(conflicts)
         for name, value in layer.items():
-            merged[canonical_name(name)] = value
+            merged[canonical_name(name, known)] = value
     return merged
 
 
 def check_train_kwargs(kwargs: Mapping[str, Any]):
-    """Check the `sft()` arguments as far as possible without importing the backend.
+    """Check the `sft()` arguments as `sft()` itself will, without importing the backend: every
+    parameter, backend argument, local path and the data file. Returns the TrainRequest."""
+    from training_hub.algorithms.registry import AlgorithmRegistry
 
-    Names that are not SFT or distributed parameters are left for the trainer to check against
-    instructlab's TrainingArgs (importing those costs seconds); everything else is checked here,
-    all problems at once, plus that the data path exists. Returns the TrainRequest.
-    """
-    from training_hub.params import SFT_FIELDS, DISTRIBUTED_FIELDS, ParameterError, parse_train_kwargs
-
-    known = SFT_FIELDS | DISTRIBUTED_FIELDS
     params = {k: v for k, v in kwargs.items() if k != "backend"}
-    extra = params.get("extra_args") or {}
-    if not isinstance(extra, Mapping):
-        raise ParameterError([f"extra_args: must be a mapping of TrainingArgs names to values (got {extra!r})"])
-    unknown = {k for k in params if k not in known and k != "extra_args"}
-    # A near miss of an SFT parameter is a typo, reported now with its "did you mean" (no TrainingArgs
-    # field of instructlab-training 0.16 comes this close to one; a test checks that).
-    deferred = {k for k in unknown if not looks_like_typo(k)}
-    data_path = params.get("data_path")
-    missing = (
-        [f"data_path: no such file or directory: {data_path!r} (a JSONL file or a directory of them)"]
-        if isinstance(data_path, str) and data_path and not os.path.exists(data_path)
-        else []
-    )
-    try:
-        request = parse_train_kwargs(params, backend_arg_names=deferred | set(extra))
-    except ParameterError as exc:
-        raise ParameterError(exc.problems + missing) from None
-    if missing:
-        raise ParameterError(missing)
-    return request
-
-
-TYPO_CUTOFF = 0.8
-
-
-def looks_like_typo(name: str) -> bool:
-    """True when `name` is not an SFT/distributed parameter but nearly spells one."""
-    import difflib
-
-    from pydantic.alias_generators import to_camel
-
-    from training_hub.params import DISTRIBUTED_FIELDS, SFT_FIELDS
-
-    known = SFT_FIELDS | DISTRIBUTED_FIELDS
-    spellings = sorted(known | {to_camel(k) for k in known})
-    return bool(difflib.get_close_matches(name, spellings, n=1, cutoff=TYPO_CUTOFF))
+    backend = AlgorithmRegistry.get_backend("sft", kwargs.get("backend"))()
+    algorithm = AlgorithmRegistry.get_algorithm("sft")(backend)
+    return algorithm.validate(params, environ={})  # the environment is one of the merged layers already
 
 
 def progress_global_rank(node_rank: int, nproc_per_node: int | None) -> int | None:
@@ -193,15 +158,76 @@ def training_summary(
 # ---------------------------------------------------------------- argument parsing
 
 
+def _whole_number(minimum: int | None = None) -> Any:
+    """An argparse type: ASCII digits only (int() would also take full-width digits), at least `minimum`."""
+    bound = "" if minimum is None else f" >= {minimum}"
+
+    def convert(raw: str) -> int:
+        if not re.fullmatch(r"[-+]?[0-9]+", raw.strip()) or (minimum is not None and int(raw) < minimum):
+            raise argparse.ArgumentTypeError(f"must be a whole number{bound} (got {raw!r})")
+        return int(raw)
+
+    return convert
+
+
+def _finite_number(raw: str) -> float:
+    try:
+        value = float(raw) if raw.isascii() else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {raw!r})")
+    return value
+
+
+def _positive_number(raw: str) -> float:
+    value = _finite_number(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {raw!r})")
+    return value
+
+
+_FLAG_TYPES: dict[str, tuple[Any, str]] = {"int": (_whole_number(), "INT"), "float": (_finite_number, "FLOAT")}
+
+
+def _field_flag(group: Any, name: str, info: Any, *, env: str | None = None) -> None:
+    """One flag for a model field: its type, metavar, and default or required marker in the help."""
+    from training_hub.algorithms.signature import type_source
+
+    flag = "--" + name.replace("_", "-")
+    kind = type_source(info.annotation).replace(" | None", "")
+    description = (info.description or "").strip().rstrip(".")
+    if env:
+        marker = f"[{env}]"
+    elif info.is_required():
+        marker = "(required, here or in --config)"
+    elif info.default is None:
+        marker = "" if "default" in description.lower() or "required when" in description.lower() else "(optional)"
+    else:
+        marker = f"(default: {info.default!r})"
+    help_text = f"{description}. {marker}".strip().replace("%", "%%")
+    if kind == "bool":
+        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        return
+    convert, metavar = _FLAG_TYPES.get(kind, (str, "PATH" if name.endswith(("_path", "_dir")) else "TEXT"))
+    if name == "rdzv_endpoint":
+        metavar = "HOST:PORT"
+    group.add_argument(flag, dest=name, default=None, type=convert, metavar=metavar, help=help_text)
+
+
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("distributed (override TRAINING_HUB_* variables)")
-    group.add_argument("--nnodes", help=f"number of nodes [{launch_env.NNODES}]")
-    group.add_argument("--node-rank", help=f"this node's rank [{launch_env.NODE_RANK}]")
-    group.add_argument("--nproc-per-node", help=f"processes (GPUs) per node [{launch_env.NPROC_PER_NODE}]")
-    group.add_argument("--rdzv-id", help=f"rendezvous id shared by the gang [{launch_env.RDZV_ID}]")
-    group.add_argument("--rdzv-endpoint", help=f"host:port of node rank 0 [{launch_env.RDZV_ENDPOINT}]")
-    group.add_argument("--rdzv-timeout", help=f"seconds to wait for the endpoint [{launch_env.RDZV_TIMEOUT}, default 600]")
-    group.add_argument("--termination-log", help=f"summary file [{launch_env.TERMINATION_LOG}, default /dev/termination-log]")
+    from training_hub.params import DistributedParams
+
+    group = parser.add_argument_group(
+        "distributed (each flag wins over its TRAINING_HUB_* variable, which wins over torchrun's PET_*)")
+    variables = {field: variable for variable, field in launch_env.DISTRIBUTED_VARIABLES.items()}
+    for name, info in DistributedParams.model_fields.items():
+        _field_flag(group, name, info, env=variables[name])
+    group.add_argument("--rdzv-timeout", type=_positive_number, metavar="SECONDS",
+                       help=f"seconds to wait for the endpoint [{launch_env.RDZV_TIMEOUT}, default 600]")
+    group.add_argument("--termination-log", metavar="PATH", help=(
+        f"where the JSON summary goes [{launch_env.TERMINATION_LOG}; default {launch_env.DEFAULT_TERMINATION_LOG} "
+        "when that file exists, i.e. in a Kubernetes container; else none]"))
 
 
 def _sft_flag_fields() -> dict[str, Any]:
@@ -210,17 +236,33 @@ def _sft_flag_fields() -> dict[str, Any]:
     return {name: info for name, info in SFTParams.model_fields.items() if name != "extra_args"}
 
 
+EXIT_CODES_HELP = """exit codes:
+  0    succeeded: training returned a result (a checkpoint was saved)
+  1    failed: training failed (retryable)
+  2    no command given (this help)
+  69   rendezvous_timeout: the rdzv endpoint did not come up in time (retryable)
+  78   invalid_config: bad parameters, flags, environment, config file, paths or data (permanent)
+  143  preempted: SIGTERM before training finished (resume from the last full state)
+  128+N  the trainer was killed by signal N (137: SIGKILL, e.g. the OOM killer)"""
+
+SFT_EPILOG = f"""parameters come from, later ones winning:
+  1. --config FILE: JSON (.json) or YAML; SFT parameter names in camelCase (numEpochs) or snake_case
+     (num_epochs), never both for one parameter; extraArgs holds instructlab TrainingArgs fields
+  2. the environment: TRAINING_HUB_NNODES, _NODE_RANK, _NPROC_PER_NODE, _RDZV_ID, _RDZV_ENDPOINT,
+     _RDZV_TIMEOUT, _TERMINATION_LOG; torchrun's PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE,
+     PET_RDZV_ID, PET_RDZV_ENDPOINT (or PET_MASTER_ADDR + PET_MASTER_PORT) where those are unset
+  3. the flags below
+'{PROG} params' prints every parameter with its description.
+
+{EXIT_CODES_HELP}"""
+
+
 def _add_sft_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="JSON or YAML file of SFT parameters (camelCase or snake_case)")
-    params = parser.add_argument_group("SFT parameters (override the config file)")
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of SFT parameters (camelCase or snake_case)")
+    params = parser.add_argument_group("SFT parameters (each wins over the config file)")
     for name, info in _sft_flag_fields().items():
-        flag = "--" + name.replace("_", "-")
-        help_text = (info.description or "").split(". ")[0].replace("%", "%%")
-        if info.annotation in (bool, bool | None):
-            params.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:  # values are validated by the parameter model, so errors name the field
-            params.add_argument(flag, dest=name, default=None, metavar="VALUE", help=help_text)
-    params.add_argument("--backend", default=None, help='training backend (default "instructlab-training")')
+        _field_flag(params, name, info)
+    params.add_argument("--backend", default=None, metavar="NAME", help='training backend (default: "instructlab-training")')
     params.add_argument(
         "--extra", action="append", default=[], metavar="NAME=VALUE",
         help="a TrainingArgs field passed to the backend (VALUE parsed as JSON when it is JSON); repeatable",
@@ -230,30 +272,44 @@ def _add_sft_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from training_hub import __version__
 
-    parser = _Parser(prog=PROG, description="Supervised fine-tuning on instructlab-training: pod entrypoint.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Supervised fine-tuning on instructlab-training: the library's command and the SFTJob pod entrypoint.",
+        epilog=EXIT_CODES_HELP,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    sft = commands.add_parser("sft", help="train (what an SFTJob pod runs)", description="Run SFT; see docs/entrypoint.md.")
+    sft = commands.add_parser(
+        "sft", help="train (what an SFTJob pod runs)", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run supervised fine-tuning: check everything, wait for the rendezvous, train, write the summary.",
+        epilog=SFT_EPILOG,
+    )
     _add_sft_flags(sft)
     _add_distributed_flags(sft)
 
     prepare = commands.add_parser(
         "prepare", help="prepare the data once, on CPU (what an SFTJob's prepare pod runs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP,
         description="Run instructlab's data processing once into data_output_dir, atomically, with a manifest that "
         "later training runs match against to skip processing. Takes the parameters of `sft`.",
     )
     _add_sft_flags(prepare)
     prepare.add_argument("--force", action="store_true", help="prepare again even when a matching manifest exists")
-    prepare.add_argument("--termination-log", help=f"summary file [{launch_env.TERMINATION_LOG}, default /dev/termination-log]")
+    prepare.add_argument("--termination-log", metavar="PATH", help=(
+        f"where the JSON summary goes [{launch_env.TERMINATION_LOG}; default {launch_env.DEFAULT_TERMINATION_LOG} "
+        "inside a Kubernetes pod, else none]"))
 
     preflight = commands.add_parser(
         "preflight", help="all-reduce across the gang under torchrun, print bandwidth",
         description="Check the gang's rendezvous and collective bandwidth before training.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP,
     )
-    preflight.add_argument("--size-mb", default="64", help="all-reduce size in MiB for the bandwidth figure (default 64)")
-    preflight.add_argument("--iters", default="5", help="timed all-reduces (default 5)")
-    preflight.add_argument("--warmup", default="1", help="untimed all-reduces first (default 1)")
+    preflight.add_argument("--size-mb", default=64.0, type=_positive_number, metavar="MIB",
+                           help="all-reduce size in MiB for the bandwidth figure (default: 64)")
+    preflight.add_argument("--iters", default=5, type=_whole_number(1), metavar="INT", help="timed all-reduces (default: 5)")
+    preflight.add_argument("--warmup", default=1, type=_whole_number(0), metavar="INT",
+                           help="untimed all-reduces first (default: 1)")
     preflight.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto", help="auto: NCCL with CUDA, else gloo")
     _add_distributed_flags(preflight)
 
@@ -286,8 +342,8 @@ def _parse_extra(pairs: Sequence[str]) -> dict[str, Any]:
 class _Run:
     """State shared by a command's steps: where the summary goes, and the signals received."""
 
-    def __init__(self, termination_log: str):
-        self.termination_log = termination_log
+    def __init__(self, termination_log: str | None):
+        self.termination_log = termination_log  # None: no summary file (outside a pod, none asked for)
         self.signals = SignalState().install()
 
     def finish(self, outcome: Outcome, message: str, code: int | None = None, summary: dict | None = None) -> int:
@@ -299,18 +355,18 @@ class _Run:
         return int(EXIT_CODE_OF[outcome] if code is None else code)
 
 
-def _termination_log(args: argparse.Namespace | None, environ: Mapping[str, str]) -> str:
+def _termination_log(args: argparse.Namespace | None, environ: Mapping[str, str]) -> str | None:
+    """The flag, else the variable, else /dev/termination-log where it exists (the kubelet creates it in
+    every container); outside a pod, no summary file unless asked for."""
     flag = getattr(args, "termination_log", None) if args is not None else None
-    return flag or environ.get(launch_env.TERMINATION_LOG, "").strip() or launch_env.DEFAULT_TERMINATION_LOG
+    asked = flag or environ.get(launch_env.TERMINATION_LOG, "").strip()
+    if asked:
+        return asked
+    return launch_env.DEFAULT_TERMINATION_LOG if os.path.exists(launch_env.DEFAULT_TERMINATION_LOG) else None
 
 
 def _rdzv_timeout(args: argparse.Namespace, launch: launch_env.LaunchEnvironment) -> float:
-    if args.rdzv_timeout is None:
-        return launch.rdzv_timeout_s
-    try:
-        return launch_env.parse_timeout(args.rdzv_timeout)
-    except ValueError as exc:
-        raise ConfigError(f"--rdzv-timeout: {exc}") from None
+    return launch.rdzv_timeout_s if args.rdzv_timeout is None else args.rdzv_timeout
 
 
 def _wait_for_rendezvous(run: _Run, distributed: Any, timeout_s: float) -> int | None:
@@ -358,7 +414,7 @@ def _sft_settings(args: argparse.Namespace, *distributed: Mapping[str, Any]) -> 
 
 def command_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`training-hub prepare`: the data processing of `sft`, once, in this process (no GPU, no rendezvous)."""
-    from training_hub.params import DISTRIBUTED_FIELDS, ParameterError
+    from training_hub.params import DISTRIBUTED_FIELDS
 
     run = _Run(_termination_log(args, environ))
     try:
@@ -372,10 +428,12 @@ def command_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         kwargs.pop("backend", None)
         try:
             prepared = prepare_data(force=args.force, **kwargs)
-        except ParameterError as exc:
-            return run.finish(Outcome.INVALID_CONFIG, str(exc))
-        except Exception as exc:  # retryable: a crash of the processing library, a full volume, ...
-            return run.finish(Outcome.FAILED, f"data preparation failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # permanent (bad data, a path too long, a full volume) or retryable, as in training
+            from training_hub.launch.trainer import STATUS_INVALID_CONFIG, classify_error, describe_error
+
+            if classify_error(exc) == STATUS_INVALID_CONFIG:
+                return run.finish(Outcome.INVALID_CONFIG, str(exc) if isinstance(exc, ValueError) else describe_error(exc))
+            return run.finish(Outcome.FAILED, f"data preparation failed: {describe_error(exc)}")
         extra = {"data_output_dir": str(prepared.data_output_dir), "samples": prepared.samples,
                  "reused": prepared.reused, "seconds": round(prepared.seconds, 3)}
         message = prepared.describe()
@@ -441,9 +499,8 @@ def command_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> i
             launch = launch_env.read_launch_environment(environ)
             distributed = _check_distributed(merge_settings(launch.distributed, _flag_distributed(args)))
             timeout_s = _rdzv_timeout(args, launch)
-            size_bytes = int(_positive(args.size_mb, "--size-mb", float) * 1024 * 1024)
-            iters = int(_positive(args.iters, "--iters", int))
-            warmup = int(_positive(args.warmup, "--warmup", int, allow_zero=True))
+            size_bytes = int(args.size_mb * 1024 * 1024)
+            iters, warmup = args.iters, args.warmup
         except ValueError as exc:
             return run.finish(Outcome.INVALID_CONFIG, str(exc))
         failed = _wait_for_rendezvous(run, distributed, timeout_s)
@@ -493,23 +550,12 @@ def _collect_report(line: str, reports: list[dict[str, Any]]) -> None:
 def _check_distributed(values: Mapping[str, Any]):
     from pydantic import ValidationError
 
-    from training_hub.params import DistributedParams, ParameterError
+    from training_hub.params import DistributedParams, ParameterError, validation_problems
 
     try:
         return DistributedParams.model_validate(dict(values))
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc'])) or 'distributed'}: {e['msg']}" for e in exc.errors()]
-        raise ParameterError(problems) from None
-
-
-def _positive(raw: str, flag: str, kind: type, allow_zero: bool = False) -> float:
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{flag}: must be a {'number' if kind is float else 'whole number'} (got {raw!r})") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'} (got {raw!r})")
-    return value
+        raise ParameterError(validation_problems(exc)) from None
 
 
 def _visible_gpus() -> int:
@@ -544,9 +590,13 @@ def main(
         args = parser.parse_args(argv)
     except ConfigError as exc:
         summary_path = _termination_log(None, environ)
-        write_summary(build_summary(Outcome.INVALID_CONFIG, str(exc)), summary_path)
+        if summary_path is not None:
+            write_summary(build_summary(Outcome.INVALID_CONFIG, str(exc)), summary_path)
         print(f"{exc}\n(see '{PROG} --help')", file=sys.stderr)
         return int(ExitCode.INVALID_CONFIG)
+    if args.command is None:  # a bare `training-hub`: show what it does
+        parser.print_help()
+        return USAGE
     if args.command == "sft":
         return command_sft(args, environ, trainer)
     if args.command == "prepare":

@@ -30,13 +30,13 @@ class Endpoint:
 
 
 def parse_endpoint(endpoint: str) -> Endpoint:
-    """`host:port` or `[v6]:port` -> Endpoint. Raises ValueError naming what is wrong."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f'rdzv_endpoint: must be "host:port" with a port in 1..65535 (got {endpoint!r})')
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return Endpoint(host, int(port))
+    """`host:port` or `[v6]:port` -> Endpoint, by the parameters' own parser. Raises ValueError naming what is wrong."""
+    from training_hub.params import parse_host_port
+
+    try:
+        return Endpoint(*parse_host_port(endpoint))
+    except ValueError as exc:
+        raise ValueError(f"rdzv_endpoint: {exc} (got {endpoint!r})") from None
 
 
 def resolves(endpoint: Endpoint) -> str | None:

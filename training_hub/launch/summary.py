@@ -94,8 +94,11 @@ def shorten_middle(text: str, max_json_bytes: int) -> str:
     return text[:head_end] + _ELLIPSIS + text[tail_start:]
 
 
-def write_summary(summary: Mapping[str, Any], path: str) -> bool:
-    """Write the summary to `path` (the termination-message file). Returns False, with a warning, if it cannot."""
+def write_summary(summary: Mapping[str, Any], path: str | None) -> bool:
+    """Write the summary to `path` (the termination-message file). Returns False, with a warning, if it cannot;
+    False without one when there is no path (outside a pod, none asked for)."""
+    if path is None:
+        return False
     try:
         with open(path, "wb") as handle:
             handle.write(encode_summary(summary))

@@ -17,6 +17,7 @@ while training runs and saves a checkpoint instead; the entrypoint still reports
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -25,10 +26,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-STATUS_SUCCEEDED = "succeeded"
-STATUS_INVALID_CONFIG = "invalid_config"
-STATUS_FAILED = "failed"
-EXIT_OF_STATUS = {STATUS_SUCCEEDED: 0, STATUS_INVALID_CONFIG: 78, STATUS_FAILED: 1}
+from training_hub.launch.exit_codes import EXIT_CODE_OF, Outcome
+
+STATUS_SUCCEEDED = Outcome.SUCCEEDED.value
+STATUS_INVALID_CONFIG = Outcome.INVALID_CONFIG.value
+STATUS_FAILED = Outcome.FAILED.value
 
 
 def child_pids(pid: int | None = None) -> list[int]:
@@ -88,18 +90,38 @@ def result_to_jsonable(result: Any) -> Any:
     return str(result)
 
 
-def classify_error(exc: BaseException) -> str:
-    """invalid_config for bad inputs (retrying cannot help), failed for everything else.
+# File-system errors no retry can fix: a restart would only burn the job's backoffLimit.
+PERMANENT_ERRNOS = frozenset({
+    errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM,
+    errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV, errno.EFBIG,
+})
 
-    Workers run under torchrun in other processes, so their errors reach this process as the
-    RuntimeError of run_training; a ValueError here comes from validation or data processing, i.e.
-    from the parameters or the data.
+
+def classify_error(exc: BaseException) -> str:
+    """invalid_config when retrying cannot help, failed (retryable) for everything else.
+
+    Permanent: our own verdicts on the input (`ParameterError`, `DataError`) and file-system errors
+    in PERMANENT_ERRNOS (a path too long, missing, not writable, a full disk). Training failures
+    (`TrainingFailedError`), launch problems and anything unknown are retryable. Workers run under
+    torchrun in other processes, so their errors arrive here as TrainingFailedError.
     """
+    from training_hub.data import DataError
     from training_hub.params import ParameterError
 
-    if isinstance(exc, (ParameterError, ValueError)):
+    if isinstance(exc, (ParameterError, DataError)):
+        return STATUS_INVALID_CONFIG
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
         return STATUS_INVALID_CONFIG
     return STATUS_FAILED
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message the summary carries: the error, with the path an OSError is about."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        paths = " -> ".join(repr(p) for p in (exc.filename, exc.filename2) if p is not None)
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return f"{type(exc).__name__} [{name}] {exc.strerror or exc}" + (f": {paths}" if paths else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def resolve_function(spec: str) -> Callable[..., Any]:
@@ -118,7 +140,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         return {"status": STATUS_FAILED, "message": f"training interrupted ({exc})", "result": None}
     except Exception as exc:  # every failure becomes a result the entrypoint can report
         traceback.print_exc()
-        return {"status": classify_error(exc), "message": f"{type(exc).__name__}: {exc}", "result": None}
+        return {"status": classify_error(exc), "message": describe_error(exc), "result": None}
     return {"status": STATUS_SUCCEEDED, "message": "training finished", "result": result_to_jsonable(result)}
 
 
@@ -134,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(result_path + ".tmp")
     tmp.write_text(json.dumps(outcome, default=str))
     tmp.replace(result_path)  # atomic: the entrypoint never reads half a result
-    return EXIT_OF_STATUS[outcome["status"]]
+    return int(EXIT_CODE_OF[Outcome(outcome["status"])])
 
 
 if __name__ == "__main__":

@@ -286,7 +286,8 @@ def test_scripts_install_offline_and_fetch_for_python_312():
 
 def _params(tmp_path: Path) -> dict:
     data = tmp_path / "chat.jsonl"
-    data.write_text('{"messages": []}\n')
+    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    (tmp_path / "model").mkdir(exist_ok=True)
     return driver.training_params(SETTINGS, model_path=str(tmp_path / "model"), data_path=str(data),
                                   ckpt_output_dir=str(tmp_path / "ckpt"), flash_attn=False)
 

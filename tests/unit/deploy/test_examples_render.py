@@ -103,3 +103,22 @@ def test_preflight_example_runs_the_preflight_on_four_nodes_and_training_example
             assert job["spec"].get("mode", "Train") == "Train"
             assert commands == {("training-hub", "sft")}
             assert prepare_commands == [["training-hub", "prepare", "--config", "/etc/training-hub/params.json"]]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_rendered_params_are_what_the_entrypoint_accepts(example, tmp_path):
+    """The ConfigMap's params.json, read as the pod reads it, passes the entrypoint's (strict) validation."""
+    from training_hub.backends.training_args_fields import TRAINING_ARGS_FIELDS
+    from training_hub.launch.cli import load_config_file, merge_settings
+    from training_hub.params import parse_train_kwargs
+
+    result = subprocess.run(
+        [str(OPERATOR_CLI), "render", "-f", str(example)], capture_output=True, text=True, timeout=50
+    )
+    assert result.returncode == 0, result.stderr
+    configmap = next(o for o in yaml.safe_load_all(result.stdout) if o and o["kind"] == "ConfigMap")
+    params_file = tmp_path / "params.json"
+    params_file.write_text(configmap["data"]["params.json"])
+    request = parse_train_kwargs(merge_settings(load_config_file(str(params_file))), TRAINING_ARGS_FIELDS)
+    assert request.params.learning_rate > 0 and request.params.num_epochs >= 1

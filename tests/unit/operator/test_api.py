@@ -179,6 +179,9 @@ def test_bad_spec_is_rejected_naming_the_field(spec, path, fragment):
         ({"modelPath": ""}, "spec.training.modelPath", "at least 1 character"),
         ({"modelPath": "/m/" + "x" * 300}, "spec.training.modelPath", "at most 255 characters"),
         ({"ckptOutputDir": "/c" * 2100}, "spec.training.ckptOutputDir", "at most 4095 characters"),
+        ({"learningRate": "1e-5"}, "spec.training.learningRate", "must be a valid number (got '1e-5')"),
+        ({"numEpochs": True}, "spec.training.numEpochs", "must be a valid integer (got True)"),
+        ({"checkpointAtEpoch": "yes"}, "spec.training.checkpointAtEpoch", "must be a valid boolean (got 'yes')"),
         ({"unknownParam": 1}, "spec.training.unknownParam", "extra inputs"),
     ],
 )
@@ -193,8 +196,8 @@ def test_missing_training_fields_are_each_reported():
     manifest = job()
     del manifest["spec"]["training"]["modelPath"], manifest["spec"]["training"]["learningRate"]
     problems = problems_of(manifest)
-    assert "spec.training.modelPath: required" in problems
-    assert "spec.training.learningRate: required" in problems
+    assert "spec.training.modelPath: required (Path to the model to fine-tune)" in problems
+    assert "spec.training.learningRate: required (Learning rate for the optimizer)" in problems
 
 
 def test_every_problem_is_reported_at_once():

@@ -19,11 +19,14 @@ from training_hub.backends.instructlab import (
     build_instructlab_args,
     cuda_visible_device_count,
     exit_status_from_log,
+    failure_cause,
     find_checkpoints,
     latest_full_state_epoch,
     locate_torchrun,
+    nvidia_device_count,
     visible_gpu_count,
 )
+from training_hub.backends.training_args_fields import TRAINING_ARGS_FIELDS
 from training_hub.params import ParameterError, parse_train_kwargs
 
 GPU_HOST = HostResources(gpu_count=8, cpu_count=32, flash_attn_installed=True)
@@ -33,7 +36,7 @@ BASE = {"model_path": "/models/m", "data_path": "/data/train.jsonl", "ckpt_outpu
 
 
 def build(resources: HostResources = GPU_HOST, **kwargs):
-    request = parse_train_kwargs({**BASE, **kwargs}, InstructLabTrainingSFTBackend().extra_arg_names)
+    request = parse_train_kwargs({**BASE, **kwargs}, InstructLabTrainingSFTBackend().extra_arg_names())
     return build_instructlab_args(request, resources)
 
 
@@ -100,13 +103,31 @@ def test_host_defaults_without_flash_attn_and_few_cpus():
     assert training.data_process_num_cpu_procs == 2
 
 
-def test_values_training_args_rejects_become_parameter_errors():
+def test_simple_backend_values_are_checked_with_the_parameters():
+    """Types come from the generated TrainingArgs table: reported before instructlab is imported."""
     with pytest.raises(ParameterError) as caught:
-        build(distributed_backend="horovod", validation_split=2.0, random_seed="x")
-    problems = caught.value.problems
-    assert any(p.startswith("distributed_backend: Input should be 'fsdp' or 'deepspeed'") for p in problems), problems
-    assert any(p.startswith("random_seed: Input should be a valid integer") for p in problems), problems
-    assert all(p.endswith("(TrainingArgs)") for p in problems)
+        build(distributed_backend="horovod", random_seed="x", adamw_weight_decay=True, adamw_betas=(0.9, float("nan")))
+    assert sorted(caught.value.problems) == [
+        "adamw_betas[1]: must be a finite number (got nan)",
+        "adamw_weight_decay: must be a valid number (got True)",
+        "distributed_backend: must be 'fsdp' or 'deepspeed' (got 'horovod')",
+        "random_seed: must be a valid integer (got 'x')",
+    ]
+
+
+def test_values_training_args_rejects_become_parameter_errors():
+    request = parse_train_kwargs({**BASE, "validation_split": 2.0}, TRAINING_ARGS_FIELDS)  # its range: TrainingArgs'
+    with pytest.raises(ParameterError) as caught:
+        build_instructlab_args(request, GPU_HOST)
+    assert [p for p in caught.value.problems if p.startswith("validation_split")], caught.value.problems
+    assert all(p.endswith("(TrainingArgs)") and "Value error, " not in p for p in caught.value.problems)
+
+
+def test_a_bad_value_is_reported_before_the_missing_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    request = parse_train_kwargs({**BASE, "validation_split": 2.0}, TRAINING_ARGS_FIELDS)
+    with pytest.raises(ParameterError):
+        build_instructlab_args(request, CPU_HOST)
 
 
 def test_no_gpu_and_no_nproc_is_a_clear_error(monkeypatch):
@@ -203,3 +224,90 @@ def test_result_summary_is_json_ready(tmp_path):
         "final_checkpoint": str(tmp_path / "hf_format" / "samples_64"), "epoch": 1, "step": 8, "loss": 2.5,
         "resumed_from_epoch": 0,
     }
+
+
+# --- the cause of a failure, from the log ---------------------------------------------------------
+
+NO_DRIVER_LOG = """\
+[2026-11-29 10:00:01,000] torch.distributed.run: [WARNING] Setting OMP_NUM_THREADS environment variable to 1
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "/venv/lib/python3.11/site-packages/instructlab/training/main_ds.py", line 880, in <module>
+[rank0]:     torch.cuda.set_device(local_rank)
+[rank0]: RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver
+E1129 10:00:03.000 torch/distributed/elastic/multiprocessing/api.py:869] failed (exitcode: 1) local_rank: 0
+Traceback (most recent call last):
+  File "/venv/bin/torchrun", line 8, in <module>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+instructlab/training/main_ds.py FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_10:00:03
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 1234)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+"""
+
+
+@pytest.mark.parametrize(("log", "cause"), [
+    (NO_DRIVER_LOG, "RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and "
+                    "installed a driver (no usable GPU on this node)"),
+    ("step 3\n[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\nexitcode  : 1",
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU out of memory: lower "
+     "max_tokens_per_gpu (or max_seq_len))"),
+    ("[rank3]:[E ProcessGroupNCCL.cpp:1316] [PG 0 Rank 3] Watchdog caught collective operation timeout: "
+     "WorkNCCL(SeqNum=5, OpType=ALLREDUCE) ran for 600000 milliseconds before timing out.",
+     "[E ProcessGroupNCCL.cpp:1316] [PG 0 Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5, "
+     "OpType=ALLREDUCE) ran for 600000 milliseconds before timing out. (a collective (NCCL) failed or timed out: check "
+     "the network between nodes and every rank's log)"),
+    ("Traceback (most recent call last):\n  File \"x\"\nFileNotFoundError: [Errno 2] No such file or directory: "
+     "'/models/m/config.json'", "FileNotFoundError: [Errno 2] No such file or directory: '/models/m/config.json' "
+     "(a file is missing)"),
+    ("Traceback (most recent call last):\n  File \"x\", line 1\nKeyError: 'messages'\nmore", "KeyError: 'messages'"),
+    ("all fine\nexitcode  : 1 (pid: 3)", None),
+])
+def test_failure_cause_is_the_first_real_error(log, cause):
+    assert failure_cause(log) == cause
+
+
+def test_training_failure_carries_the_cause_not_a_tail(tmp_path):
+    log = tmp_path / "full_logs_global0.log"
+    log.write_text(NO_DRIVER_LOG)
+    error = InstructLabTrainingSFTBackend._failure(1, log, 0)
+    assert str(error) == (
+        "training failed on node rank 0: torchrun ended with exit status 1. Cause: RuntimeError: Found no NVIDIA "
+        "driver on your system. Please check that you have an NVIDIA GPU and installed a driver (no usable GPU on this "
+        f"node). Log: {log}"
+    )
+    assert error.cause.startswith("RuntimeError: Found no NVIDIA driver") and error.exit_status == 1
+
+
+# --- GPUs asked for against GPUs present -----------------------------------------------------------
+
+
+def test_more_processes_than_gpus_fail_fast_with_both_numbers(tmp_path, monkeypatch):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    request = parse_train_kwargs({**BASE, "data_path": str(data), "nproc_per_node": 1000}, TRAINING_ARGS_FIELDS)
+    with pytest.raises(ParameterError) as caught:
+        InstructLabTrainingSFTBackend(resources=GPU_HOST).check(request)
+    assert caught.value.problems == [
+        "nproc_per_node: 1000 processes asked for, but this machine shows 8 GPU(s) (CUDA_VISIBLE_DEVICES=<unset>); "
+        "one process per GPU"
+    ]
+    request = parse_train_kwargs({**BASE, "data_path": str(data), "nproc_per_node": 8}, TRAINING_ARGS_FIELDS)
+    InstructLabTrainingSFTBackend(resources=GPU_HOST).check(request)
+
+
+def test_gpu_count_without_torch_follows_cuda_visible_devices(monkeypatch):
+    count = nvidia_device_count()
+    if count is None:  # no NVIDIA driver here: nothing to compare against, the check is skipped
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+        assert nvidia_device_count() is None
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert nvidia_device_count() == 0

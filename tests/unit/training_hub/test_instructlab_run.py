@@ -24,7 +24,16 @@ from training_hub.testing import EOS_TOKEN
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 # The exit status appears only in instructlab's own log record, not in the launcher's output.
-FAIL_WITH_3 = 'print("worker failed", flush=True)\nraise SystemExit(3)\n'
+# What a worker on a node without a GPU prints before torchrun gives up.
+FAIL_WITH_3 = textwrap.dedent(
+    """
+    print("[rank0]: Traceback (most recent call last):", flush=True)
+    print('[rank0]:   File "main_ds.py", line 880, in <module>', flush=True)
+    print("[rank0]: RuntimeError: Found no NVIDIA driver on your system.", flush=True)
+    print("worker failed", flush=True)
+    raise SystemExit(3)
+    """
+)
 SUCCEED_SILENTLY = "raise SystemExit(0)\n"
 
 # Does what a finished instructlab run leaves behind: an hf_format checkpoint and the metrics file.
@@ -94,8 +103,11 @@ def test_training_failure_carries_exit_status_and_log(chat_run):
     assert isinstance(error, RuntimeError)
     assert error.exit_status == 3 and error.log_path == log_path and error.node_rank == 0
     message = str(error)
-    assert message.startswith(f"training failed on node rank 0: torchrun ended with exit status 3. Log: {log_path}")
-    assert message.endswith("Last log lines:\nworker failed")
+    assert message == (
+        "training failed on node rank 0: torchrun ended with exit status 3. Cause: RuntimeError: Found no NVIDIA "
+        f"driver on your system. (no usable GPU on this node). Log: {log_path}"
+    )
+    assert error.cause.startswith("RuntimeError: Found no NVIDIA driver")
     assert "worker failed" in log_path.read_text()
 
 

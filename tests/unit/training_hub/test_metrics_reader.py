@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from training_hub.backends.metrics import follow_step_metrics, iter_step_metrics, last_step_metrics, metrics_path
+from training_hub.backends.metrics import iter_step_metrics, last_step_metrics, metrics_path
 
 # Lines in the shape instructlab 0.16 writes (main_ds.py): hyper-parameters, dataset stats, steps.
 HPARAMS = {"model_name_or_path": "/m", "num_epochs": 2, "timestamp": "2026-01-01T00:00:00"}
@@ -45,41 +43,3 @@ def test_missing_or_empty_file(tmp_path):
     assert last_step_metrics(tmp_path / "none.jsonl") is None
     write_lines(tmp_path / "h.jsonl", [HPARAMS])
     assert last_step_metrics(tmp_path / "h.jsonl") is None
-
-
-@pytest.mark.timeout(30)
-def test_follow_while_written(tmp_path):
-    path = tmp_path / "m.jsonl"
-    stop = threading.Event()
-    seen: list[int] = []
-
-    def reader() -> None:
-        for record in follow_step_metrics(path, stop, poll_seconds=0.02):
-            seen.append(record["step"])
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    time.sleep(0.1)  # the file does not exist yet
-    write_lines(path, [HPARAMS, step(1)], partial='{"epoch": 0, "step": 2, ')
-    deadline = time.time() + 10
-    while seen != [1] and time.time() < deadline:
-        time.sleep(0.02)
-    assert seen == [1]
-    write_lines(path, ['"avg_loss": 1.5}', step(3)])  # completes the half-written line
-    stop.set()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert seen == [1, 2, 3]
-
-
-@pytest.mark.timeout(30)
-def test_follow_starts_over_when_the_file_is_replaced(tmp_path):
-    path = tmp_path / "m.jsonl"
-    write_lines(path, [step(1), step(2), step(3)])
-    stop = threading.Event()
-    records = follow_step_metrics(path, stop, poll_seconds=0.01)
-    assert [next(records)["step"] for _ in range(3)] == [1, 2, 3]
-    path.write_text(json.dumps(step(1, epoch=5)) + "\n")  # a new run truncates it
-    assert next(records) == step(1, epoch=5)
-    stop.set()
-    assert list(records) == []

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from training_hub import InstructLabTrainingSFTBackend, SFTAlgorithm
+from training_hub.backends.training_args_fields import TRAINING_ARGS_FIELDS
 from training_hub.params import (
+    HOST_PORT_MESSAGE,
     RESERVED_BACKEND_ARGS,
     SFT_FIELDS,
     ParameterError,
@@ -29,7 +31,7 @@ def files(tmp_path: Path) -> dict[str, str]:
     model = tmp_path / "model"
     model.mkdir()
     data = tmp_path / "train.jsonl"
-    data.write_text('{"messages": []}\n')
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
     return {"model_path": str(model), "data_path": str(data), "ckpt_output_dir": str(tmp_path / "ckpt")}
 
 
@@ -72,19 +74,19 @@ def test_required_paths_missing_reported_together():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("num_epochs", 0, "num_epochs: input should be greater than or equal to 1 (got 0)"),
-        ("effective_batch_size", 0, "effective_batch_size: input should be greater than or equal to 1 (got 0)"),
-        ("learning_rate", 0, "learning_rate: input should be greater than 0 (got 0)"),
-        ("learning_rate", -1e-5, "learning_rate: input should be greater than 0 (got -1e-05)"),
-        ("max_seq_len", 0, "max_seq_len: input should be greater than or equal to 1 (got 0)"),
-        ("warmup_steps", -1, "warmup_steps: input should be greater than or equal to 0 (got -1)"),
-        ("save_samples", -5, "save_samples: input should be greater than or equal to 0 (got -5)"),
-        ("max_tokens_per_gpu", 0, "max_tokens_per_gpu: input should be greater than or equal to 1 (got 0)"),
-        ("nnodes", 0, "nnodes: input should be greater than or equal to 1 (got 0)"),
-        ("node_rank", -1, "node_rank: input should be greater than or equal to 0 (got -1)"),
-        ("nproc_per_node", 0, "nproc_per_node: input should be greater than or equal to 1 (got 0)"),
-        ("num_epochs", "three", "num_epochs: input should be a valid integer, unable to parse string as an integer (got 'three')"),
-        ("is_pretraining", "maybe", "is_pretraining: input should be a valid boolean, unable to interpret input (got 'maybe')"),
+        ("num_epochs", 0, "num_epochs: must be greater than or equal to 1 (got 0)"),
+        ("effective_batch_size", 0, "effective_batch_size: must be greater than or equal to 1 (got 0)"),
+        ("learning_rate", 0, "learning_rate: must be greater than 0 (got 0)"),
+        ("learning_rate", -1e-5, "learning_rate: must be greater than 0 (got -1e-05)"),
+        ("max_seq_len", 0, "max_seq_len: must be greater than or equal to 1 (got 0)"),
+        ("warmup_steps", -1, "warmup_steps: must be greater than or equal to 0 (got -1)"),
+        ("save_samples", -5, "save_samples: must be greater than or equal to 0 (got -5)"),
+        ("max_tokens_per_gpu", 0, "max_tokens_per_gpu: must be greater than or equal to 1 (got 0)"),
+        ("nnodes", 0, "nnodes: must be greater than or equal to 1 (got 0)"),
+        ("node_rank", -1, "node_rank: must be greater than or equal to 0 (got -1)"),
+        ("nproc_per_node", 0, "nproc_per_node: must be greater than or equal to 1 (got 0)"),
+        ("num_epochs", "three", "num_epochs: must be a valid integer (got 'three')"),
+        ("is_pretraining", "maybe", "is_pretraining: must be a valid boolean (got 'maybe')"),
     ],
 )
 def test_range_and_type_rules(valid, field, value, message):
@@ -102,7 +104,10 @@ def test_pretraining_needs_block_size(valid):
     assert only_problem(**{**valid, "is_pretraining": True}) == (
         "block_size: is required when is_pretraining is true (recommended start: 2048)"
     )
-    request = SFTAlgorithm(InstructLabTrainingSFTBackend()).validate({**valid, "is_pretraining": True, "block_size": 64})
+    documents = Path(valid["data_path"]).with_name("documents.jsonl")
+    documents.write_text('{"document": "raw text"}\n')
+    request = SFTAlgorithm(InstructLabTrainingSFTBackend()).validate(
+        {**valid, "data_path": str(documents), "is_pretraining": True, "block_size": 64})
     assert request.params.block_size == 64 and request.params.document_column_name == "document"
 
 
@@ -120,20 +125,29 @@ def test_node_rank_below_nnodes(valid):
 
 
 def test_multi_node_needs_endpoint_and_id(valid):
-    assert problems_of(**{**valid, "nnodes": 2}) == [
+    assert sorted(problems_of(**{**valid, "nnodes": 2})) == [
         "rdzv_endpoint: rdzv_endpoint (host:port of node rank 0) is required when nnodes > 1",
         "rdzv_id: is required when nnodes > 1: every node must use the same id, a random default would differ",
     ]
 
 
-@pytest.mark.parametrize("endpoint", ["head", "head:", ":29500", "head:0", "head:70000", "http://head:29500", "a b:1"])
+@pytest.mark.parametrize("endpoint", ["head", "head:", ":29500", "head:0", "head:70000", "http://head:29500", "a b:1",
+                                      "h_1:29500", "-head:1", "head:\uff12\uff19\uff15\uff10\uff10", "256.1.1.1:1",
+                                      "[head]:1"])
 def test_rdzv_endpoint_must_be_host_port(valid, endpoint):
     assert only_problem(**{**valid, "rdzv_endpoint": endpoint}) == (
-        f'rdzv_endpoint: must be "host:port" with a port in 1..65535 (got {endpoint!r})'
+        f'rdzv_endpoint: {HOST_PORT_MESSAGE} (got {endpoint!r})'
     )
 
 
-@pytest.mark.parametrize("endpoint", ["0.0.0.0:29500", "job-node-0.job.ns.svc:29500", "[fd00::1]:1"])
+def test_unbracketed_ipv6_endpoint_gets_the_bracketed_form(valid):
+    assert only_problem(**{**valid, "rdzv_endpoint": "::1:29500"}) == (
+        f"rdzv_endpoint: {HOST_PORT_MESSAGE}; write an IPv6 address in brackets: [::1]:29500 (got '::1:29500')"
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["0.0.0.0:29500", "job-node-0.job.ns.svc:29500", "[fd00::1]:1", "[::1]:29500",
+                                      "localhost:65535"])
 def test_rdzv_endpoint_accepted(valid, endpoint):
     assert SFTAlgorithm(InstructLabTrainingSFTBackend()).validate({**valid, "rdzv_endpoint": endpoint})
 
@@ -267,19 +281,6 @@ def test_bad_call_fails_before_anything_heavy(tmp_path):
 # --- the model behind it ---------------------------------------------------------------------------
 
 
-def test_backend_names_only_loaded_when_needed(valid):
-    calls = []
-
-    def names():
-        calls.append(1)
-        return ["random_seed"]
-
-    parse_train_kwargs(valid, names)
-    assert calls == []
-    parse_train_kwargs({**valid, "random_seed": 3}, names)
-    assert calls == [1]
-
-
 def test_crd_schema_carries_the_checkpoint_rule():
     rules = SFTParams.model_json_schema(by_alias=True)["x-kubernetes-validations"]
     rule = next(r for r in rules if r["fieldPath"] == ".saveSamples")
@@ -294,11 +295,16 @@ def test_training_args_reachable_by_name():
     assert {"adamw_weight_decay", "random_seed", "disable_flash_attn", "distributed_backend"} <= names
     passable = names - SFT_FIELDS - set(RESERVED_BACKEND_ARGS)
     assert passable and not (passable & SFT_FIELDS)
-    for name in passable:
+    from instructlab.training import TrainingArgs
+
+    defaults = {name: TrainingArgs.model_fields[name].get_default(call_default_factory=True) for name in passable}
+    given = {name: value for name, value in defaults.items() if value is not None}
+    assert len(given) > 20
+    for name, value in given.items():  # each one's own default passes the check of its type
         assert parse_train_kwargs(
             {"model_path": "m", "data_path": "d", "ckpt_output_dir": "c", "num_epochs": 1, "effective_batch_size": 1,
-             "learning_rate": 1.0, "max_seq_len": 8, name: None}, names
-        ).params.extra_args == {name: None}
+             "learning_rate": 1.0, "max_seq_len": 8, name: value}, TRAINING_ARGS_FIELDS
+        ).params.extra_args == {name: value}
 
 
 def test_extra_args_cannot_override_sft_parameters(valid):
@@ -308,3 +314,86 @@ def test_extra_args_cannot_override_sft_parameters(valid):
     assert only_problem(**{**valid, "extraArgs": {"nodeRank": 1}}) == (
         "extra_args.nodeRank: is a parameter of its own; set node_rank directly"
     )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("extra", "problem"), [
+    ("adamw_wieght_decay=0.1", "adamw_wieght_decay: unknown parameter; did you mean 'adamw_weight_decay'?"),
+    ("max_tokens_per_gpu=True", "max_tokens_per_gpu: must be a valid integer (got True)"),
+    ("random_seed='7'", "random_seed: must be a valid integer (got '7')"),
+    ("numEpochs=5", "num_epochs and numEpochs: two spellings of one parameter; give it once"),
+])
+def test_every_configuration_error_comes_before_anything_heavy(tmp_path, extra, problem):
+    """Unknown keywords and bad backend values too: no instructlab import to learn TrainingArgs' fields."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    code = (
+        "import sys, training_hub\n"
+        "try:\n"
+        f"    training_hub.sft({str(tmp_path)!r}, {str(data)!r}, {str(tmp_path / 'ckpt')!r}, num_epochs=1,"
+        f" effective_batch_size=1, learning_rate=1e-5, max_seq_len=64, {extra})\n"
+        "except ValueError as exc:\n"
+        "    print(str(exc).splitlines()[1])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'instructlab') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith("  - " + problem) and out.stdout.splitlines()[1] == "[]"
+
+
+def test_hints_are_spelled_as_the_name_was_and_never_absurd(valid):
+    assert problems_of(**{**valid, "lr": 1e-4})[0].startswith("lr: unknown parameter; did you mean 'learning_rate'?")
+    assert "did you mean 'maxSeqLen'?" in problems_of(**{**valid, "maxSeqLength": 8})[0]
+    assert problems_of(**{**valid, "adam_beta1": 0.9}) == [
+        "adam_beta1: unknown parameter; did you mean 'adamw_betas=(beta1, beta2)'? (neither an SFT parameter nor a "
+        "field of the backend's TrainingArgs)"]
+    assert "did you mean 'adamw_weight_decay'?" in problems_of(**{**valid, "weight_decay": 0.1})[0]
+    assert "did you" not in problems_of(**{**valid, "lo": 1})[0]  # too short to guess (not "lora")
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("num_epochs", True, "num_epochs: must be a valid integer (got True)"),
+    ("learning_rate", True, "learning_rate: must be a valid number (got True)"),
+    ("learning_rate", float("inf"), "learning_rate: must be a finite number (got inf)"),
+    ("learning_rate", "1e-5", "learning_rate: must be a valid number (got '1e-5')"),
+    ("checkpoint_at_epoch", "yes", "checkpoint_at_epoch: must be a valid boolean (got 'yes')"),
+    ("max_seq_len", "512", "max_seq_len: must be a valid integer (got '512')"),
+    ("data_path", b"train.jsonl", "data_path: must be a valid string (got b'train.jsonl')"),
+    ("nnodes", 1.0, "nnodes: must be a valid integer (got 1.0)"),
+])
+def test_no_lax_coercions(valid, name, value, problem):
+    assert only_problem(**{**valid, name: value}) == problem
+
+
+def test_paths_may_be_pathlike(valid):
+    request = SFTAlgorithm(InstructLabTrainingSFTBackend()).validate(
+        {**valid, **{name: Path(valid[name]) for name in ("model_path", "data_path", "ckpt_output_dir")}})
+    assert request.params.data_path == valid["data_path"] and isinstance(request.params.data_path, str)
+
+
+def test_over_long_paths_are_configuration_errors(valid):
+    long = "/tmp/" + "x" * 300 + "/ckpt"
+    assert only_problem(**{**valid, "ckpt_output_dir": long}).startswith(
+        "ckpt_output_dir: has a component longer than 255 bytes, which no file system accepts")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs /sys")
+def test_writability_is_tried_not_guessed(valid):
+    """Root passes os.access() for /sys, yet nothing can be created there."""
+    problem = only_problem(**{**valid, "ckpt_output_dir": "/sys/ckpt"})
+    assert problem.startswith("ckpt_output_dir: cannot create '/sys/ckpt': '/sys' is not writable (")
+
+
+def test_library_honours_the_launcher_environment(valid):
+    request = SFTAlgorithm(InstructLabTrainingSFTBackend()).validate(
+        valid, environ={"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_RDZV_ENDPOINT": "10.0.0.1:29500"})
+    assert (request.distributed.nnodes, request.distributed.node_rank) == (2, 1)
+    assert request.distributed.rdzv_endpoint == "10.0.0.1:29500" and request.distributed.rdzv_id == "10.0.0.1:29500"
+    explicit = SFTAlgorithm(InstructLabTrainingSFTBackend()).validate(
+        {**valid, "nnodes": 1, "node_rank": 0}, environ={"PET_NNODES": "2", "PET_NODE_RANK": "1"})
+    assert (explicit.distributed.nnodes, explicit.distributed.node_rank) == (1, 0)  # the call wins
+
+
+def test_algorithm_keyword_defaults_are_checked_at_once():
+    with pytest.raises(ParameterError, match="lerning_rate: unknown parameter; did you mean 'learning_rate'"):
+        SFTAlgorithm(InstructLabTrainingSFTBackend(), lerning_rate=1e-5)

@@ -20,8 +20,8 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The current environment without TRAINING_HUB_* settings (a developer's shell must not leak in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINING_HUB_")}
+    """The current environment without TRAINING_HUB_*/PET_* settings (a developer's shell must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINING_HUB_", "PET_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
@@ -55,6 +55,7 @@ def write_params(path: Path, **params: Any) -> Path:
 
 
 def valid_params(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "model").mkdir(exist_ok=True)
     data = tmp_path / "data.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
     return {

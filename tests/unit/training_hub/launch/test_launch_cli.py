@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 
@@ -58,40 +59,49 @@ def test_check_collects_every_problem_and_names_each_field(tmp_path):
         cli.check_train_kwargs(cli.merge_settings(params, {"nnodes": 2}))
     message = str(caught.value)
     for expected in (
-        "num_epochs: input should be greater than or equal to 1 (got 0)",
-        "learning_rate: input should be greater than 0 (got -1)",
+        "num_epochs: must be greater than or equal to 1 (got 0)",
+        "learning_rate: must be greater than 0 (got -1)",
         "max_tokens_per_gpu: must be >= max_seq_len",
-        "lerningRate: unknown parameter; did you mean 'learning_rate'?",
+        "lerningRate: unknown parameter; did you mean 'learningRate'?",  # spelled as the config spells
         "rdzv_endpoint",
     ):
         assert expected in message
 
 
-def test_backend_argument_names_are_left_for_the_trainer(tmp_path):
-    params = cli.merge_settings(valid_params(tmp_path), {"adamw_weight_decay": 0.01, "extra_args": {"random_seed": 7}})
+def test_backend_arguments_are_checked_here_too(tmp_path):
+    params = cli.merge_settings(valid_params(tmp_path), {"adamwWeightDecay": 0.01, "extra_args": {"random_seed": 7}})
     request = cli.check_train_kwargs(params)
     assert request.params.extra_args == {"adamw_weight_decay": 0.01, "random_seed": 7}
+    with pytest.raises(ParameterError) as caught:
+        cli.check_train_kwargs(cli.merge_settings(valid_params(tmp_path), {"extra_args": {"random_sed": 7,
+                                                                                          "adamw_eps": "tiny"}}))
+    assert caught.value.problems == [
+        "extra_args.random_sed: not a field of the backend's TrainingArgs; did you mean 'random_seed'?",
+        "adamw_eps: must be a valid number (got 'tiny')",
+    ]
+
+
+def test_one_layer_with_both_spellings_is_an_error_naming_both():
+    with pytest.raises(ParameterError) as caught:
+        cli.merge_settings({"numEpochs": 5, "num_epochs": 1, "maxSeqLen": 8})
+    assert caught.value.problems == ["num_epochs and numEpochs: two spellings of one parameter; give it once"]
+    assert cli.merge_settings({"numEpochs": 5}, {"num_epochs": 1}) == {"num_epochs": 1}  # later layers still win
+
+
+def test_yaml_numbers_are_yaml_1_2(tmp_path):
+    (tmp_path / "p.yaml").write_text("learningRate: 1e-5\nwarmup: 2E3\nname: 1e\nversion: 1.2.3\n")
+    assert cli.load_config_file(str(tmp_path / "p.yaml")) == {
+        "learningRate": 1e-5, "warmup": 2000.0, "name": "1e", "version": "1.2.3"}
 
 
 def test_missing_data_path_is_a_config_error(tmp_path):
     params = {**valid_params(tmp_path), "dataPath": str(tmp_path / "nope.jsonl")}
-    with pytest.raises(ParameterError, match=r"data_path: no such file or directory: '.*nope.jsonl'"):
+    with pytest.raises(ParameterError, match=r"data_path: no such file '.*nope.jsonl' \(resolved to"):
         cli.check_train_kwargs(cli.merge_settings(params))
     # reported together with the other problems, not one round later
     with pytest.raises(ParameterError) as caught:
         cli.check_train_kwargs(cli.merge_settings({**params, "numEpochs": 0}))
     assert [p.split(":")[0] for p in caught.value.problems] == ["num_epochs", "data_path"]
-
-
-@pytest.mark.slow
-def test_no_backend_training_argument_is_mistaken_for_a_typo():
-    """The eager typo check must never reject a real TrainingArgs field of the installed instructlab."""
-    from instructlab.training import TrainingArgs
-
-    from training_hub.params import DISTRIBUTED_FIELDS, SFT_FIELDS
-
-    near_misses = [name for name in TrainingArgs.model_fields if name not in SFT_FIELDS | DISTRIBUTED_FIELDS and cli.looks_like_typo(name)]
-    assert near_misses == []
 
 
 def test_progress_comes_from_local_rank_0_of_this_node():
@@ -147,8 +157,8 @@ def test_invalid_config_exits_78_names_the_fields_and_writes_the_summary(tmp_pat
     config = write_params(tmp_path / "params.json", **{**valid_params(tmp_path), "numEpochs": 0, "blockSize": "big"})
     done = run_cli(["sft", "--config", str(config)], env=_env(tmp_path), trainer="launch_fakes:must_not_run")
     assert done.returncode == 78
-    assert "num_epochs: input should be greater than or equal to 1 (got 0)" in done.stderr
-    assert "block_size: input should be a valid integer" in done.stderr
+    assert "num_epochs: must be greater than or equal to 1 (got 0)" in done.stderr
+    assert "block_size: must be a valid integer" in done.stderr
     summary = read_summary(tmp_path / "termination-log")
     assert summary["outcome"] == "invalid_config"
     assert "num_epochs" in summary["message"] and "block_size" in summary["message"]
@@ -160,7 +170,9 @@ def test_missing_data_path_exits_78(tmp_path):
     done = run_cli(["sft", "--config", str(config)], env=_env(tmp_path), trainer="launch_fakes:must_not_run")
     assert done.returncode == 78
     summary = read_summary(tmp_path / "termination-log")
-    assert summary == {"outcome": "invalid_config", "message": "invalid SFT parameters:\n  - data_path: no such file or directory: '/data/missing.jsonl' (a JSONL file or a directory of them)"}
+    assert summary == {"outcome": "invalid_config", "message": "invalid SFT parameters:\n  - data_path: no such file "
+                       "'/data/missing.jsonl' (resolved to /data/missing.jsonl); it must be a local JSONL file, dataset "
+                       "names from the Hugging Face Hub are not supported"}
 
 
 @pytest.mark.timeout(60)
@@ -168,10 +180,13 @@ def test_missing_data_path_exits_78(tmp_path):
     ("args", "env", "named"),
     [
         (["--config", "{dir}/absent.yaml"], {}, "absent.yaml: cannot read the file"),
-        (["--num-epochs", "many"], {}, "num_epochs: input should be a valid integer"),
+        (["--num-epochs", "many"], {}, "argument --num-epochs: must be a whole number (got 'many')"),
+        (["--learning-rate", "inf"], {}, "argument --learning-rate: must be a finite number (got 'inf')"),
+        (["--nproc-per-node", "\uff18"], {}, "argument --nproc-per-node: must be a whole number (got '\uff18')"),
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
         (["--extra", "novalue"], {}, "--extra: expected NAME=VALUE"),
-        ([], {"TRAINING_HUB_NODE_RANK": "first"}, "TRAINING_HUB_NODE_RANK: must be an integer"),
+        ([], {"TRAINING_HUB_NODE_RANK": "first"}, "TRAINING_HUB_NODE_RANK: must be a whole number in ASCII digits"),
+        ([], {"PET_NNODES": "1:4"}, "PET_NNODES: elastic node ranges"),
         ([], {"TRAINING_HUB_NNODES": "2", "TRAINING_HUB_NODE_RANK": "2", "TRAINING_HUB_RDZV_ENDPOINT": "h:1", "TRAINING_HUB_RDZV_ID": "x"}, "node_rank: must be < nnodes"),
         ([], {"TRAINING_HUB_NNODES": "2", "TRAINING_HUB_RDZV_ENDPOINT": "h:1", "TRAINING_HUB_RDZV_ID": "x", "TRAINING_HUB_RDZV_TIMEOUT": "0"}, "TRAINING_HUB_RDZV_TIMEOUT: must be a number"),
         ([], {"TRAINING_HUB_RDZV_ENDPOINT": "no-port"}, "rdzv_endpoint: must be \"host:port\""),
@@ -210,8 +225,8 @@ def test_flags_win_over_file_and_environment_and_reach_the_trainer(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     kwargs = json.loads(kwargs_out.read_text())
-    assert kwargs["num_epochs"] == "2"  # flag beat the file (the library validates "2" as 2)
-    assert kwargs["nproc_per_node"] == "2" and kwargs["nnodes"] == 1  # flag beat env; env filled in
+    assert kwargs["num_epochs"] == 2  # flag beat the file, typed by the flag
+    assert kwargs["nproc_per_node"] == 2 and kwargs["nnodes"] == 1  # flag beat env; env filled in
     assert kwargs["checkpoint_at_epoch"] is False
     assert kwargs["extra_args"] == {"random_seed": 1, "adamw_weight_decay": 0.01, "disable_flash_attn": True}
     assert kwargs["model_path"] == params["modelPath"]  # camelCase file keys arrive snake_case
@@ -245,7 +260,64 @@ def test_console_script_is_installed_and_runs(tmp_path):
     done = subprocess.run([script, "sft", "--num-epochs", "0"], capture_output=True, text=True, timeout=60,
                           env=clean_env(TRAINING_HUB_TERMINATION_LOG=str(tmp_path / "log")))
     assert done.returncode == 78
-    assert "model_path: required" in done.stderr and "num_epochs: input should be greater than or equal to 1" in done.stderr
+    assert "model_path: required" in done.stderr and "num_epochs: must be greater than or equal to 1" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_bad_data_exits_78_naming_file_and_line(tmp_path):
+    params = valid_params(tmp_path)
+    with open(params["dataPath"], "a") as data:
+        data.write('{"text": "a line without messages"}\n')
+    config = write_params(tmp_path / "params.json", **params)
+    done = run_cli(["sft", "--config", str(config)], env=_env(tmp_path), trainer="launch_fakes:must_not_run")
+    assert done.returncode == 78, done.stderr
+    assert read_summary(tmp_path / "termination-log") == {"outcome": "invalid_config", "message": (
+        f"invalid training data:\n  - data_path: {params['dataPath']} line 2: has no 'messages' field (keys: ['text']); "
+        "chat data needs a list of messages")}
+
+
+@pytest.mark.timeout(60)
+def test_more_processes_than_gpus_exit_78_with_both_numbers(tmp_path):
+    config = write_params(tmp_path / "params.json", **valid_params(tmp_path))
+    env = _env(tmp_path, CUDA_VISIBLE_DEVICES="0,1")
+    done = run_cli(["sft", "--config", str(config), "--nproc-per-node", "1000"], env=env,
+                   trainer="launch_fakes:must_not_run")
+    from training_hub.backends.instructlab import nvidia_device_count
+
+    if nvidia_device_count() is None:  # no NVIDIA driver on this machine: nothing to count, training decides
+        pytest.skip("no NVIDIA driver visible here")
+    assert done.returncode == 78 and "nproc_per_node: 1000 processes asked for" in done.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(os.path.exists("/dev/termination-log"), reason="inside a container: the default path is wanted")
+def test_outside_a_pod_no_termination_log_is_written_unless_asked(tmp_path):
+    done = run_cli(["sft", "--num-epochs", "0"], env=clean_env())
+    assert done.returncode == 78
+    assert not os.path.exists("/dev/termination-log")
+    assert "could not write the termination summary" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_bare_command_prints_the_help_and_writes_nothing(tmp_path):
+    done = run_cli([], env=clean_env())
+    assert done.returncode == 2 and done.stderr == ""
+    assert "COMMAND" in done.stdout and "78   invalid_config" in done.stdout
+    version = run_cli(["--version"])
+    from training_hub import __version__
+
+    assert version.returncode == 0 and version.stdout.strip() == f"training-hub {__version__}"
+
+
+@pytest.mark.timeout(60)
+def test_help_shows_types_defaults_required_markers_and_exit_codes():
+    text = " ".join(run_cli(["sft", "--help"]).stdout.split())
+    for expected in ("--num-epochs INT", "--learning-rate FLOAT", "--model-path PATH", "--rdzv-endpoint HOST:PORT",
+                     "Number of training epochs to run. Typical values: 1-10. (required, here or in --config)",
+                     "(default: 'document')", "[TRAINING_HUB_NODE_RANK]", "PET_NNODES", "143 preempted",
+                     "78 invalid_config"):
+        assert expected in text, expected
+    assert "docs/" not in text  # the help says it all: no pointer to files that are not installed
 
 
 def test_version_names_the_installed_library(capsys):

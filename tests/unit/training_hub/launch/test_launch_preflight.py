@@ -79,7 +79,21 @@ def test_bad_preflight_flags_exit_78(tmp_path):
     env = clean_env(TRAINING_HUB_TERMINATION_LOG=str(tmp_path / "summary"))
     done = subprocess.run(cli_command(["preflight", "--size-mb", "-1"]), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 78
-    assert read_summary(tmp_path / "summary") == {"outcome": "invalid_config", "message": "--size-mb: must be > 0 (got '-1')"}
+    assert read_summary(tmp_path / "summary") == {
+        "outcome": "invalid_config", "message": "training-hub preflight: argument --size-mb: must be > 0 (got '-1')"}
+
+
+@pytest.mark.timeout(60)
+def test_bad_preflight_environment_has_no_pydantic_prefixes(tmp_path):
+    env = clean_env(TRAINING_HUB_TERMINATION_LOG=str(tmp_path / "summary"), TRAINING_HUB_NNODES="2",
+                    TRAINING_HUB_RDZV_ID="x", TRAINING_HUB_RDZV_ENDPOINT="::1:29500")
+    done = subprocess.run(cli_command(["preflight"]), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 78
+    message = read_summary(tmp_path / "summary")["message"]
+    assert message == ('invalid SFT parameters:\n  - rdzv_endpoint: must be "host:port" (a DNS name, IPv4 address or '
+                       "[IPv6] address, and a port in 1..65535); write an IPv6 address in brackets: [::1]:29500 (got "
+                       "'::1:29500')")
+    assert "Value error" not in done.stderr
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from training_hub.backends.instructlab import TrainingResult
 from training_hub.launch import trainer
+from training_hub.data import DataError
 from training_hub.params import ParameterError
 
 
@@ -30,13 +32,25 @@ def test_training_result_becomes_json(tmp_path):
     ("error", "status"),
     [
         (ParameterError(["num_epochs: bad"]), "invalid_config"),
-        (ValueError("no samples left after filtering"), "invalid_config"),
+        (DataError(["data_path: x.jsonl line 3: has no 'messages' field"]), "invalid_config"),
+        (OSError(errno.ENAMETOOLONG, "File name too long", "/ckpt/" + "x" * 300), "invalid_config"),
+        (OSError(errno.ENOSPC, "No space left on device", "/ckpt/hf_format"), "invalid_config"),
+        (PermissionError(errno.EACCES, "Permission denied", "/models/m"), "invalid_config"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/models/m/config.json"), "invalid_config"),
+        (ValueError("something inside a library"), "failed"),  # not ours to call permanent
         (RuntimeError("torchrun ended with exit status 1"), "failed"),
-        (OSError("disk full"), "failed"),
+        (OSError("no errno"), "failed"),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "failed"),
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), "failed"),
     ],
 )
 def test_errors_are_classified(error, status):
     assert trainer.classify_error(error) == status
+
+
+def test_a_permanent_os_error_names_its_path():
+    error = OSError(errno.ENAMETOOLONG, "File name too long", "/ckpt/" + "x" * 300)
+    assert trainer.describe_error(error) == f"OSError [ENAMETOOLONG] File name too long: {'/ckpt/' + 'x' * 300!r}"
 
 
 @pytest.mark.timeout(30)
