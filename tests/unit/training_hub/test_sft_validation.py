@@ -373,8 +373,12 @@ def test_paths_may_be_pathlike(valid):
 
 def test_over_long_paths_are_configuration_errors(valid):
     long = "/tmp/" + "x" * 300 + "/ckpt"
-    assert only_problem(**{**valid, "ckpt_output_dir": long}).startswith(
-        "ckpt_output_dir: has a component longer than 255 bytes, which no file system accepts")
+    assert only_problem(**{**valid, "ckpt_output_dir": long}) == (
+        "ckpt_output_dir: each part of the path between slashes must be at most 255 characters (bytes in UTF-8); "
+        f"one has 300 (got {long!r})")
+    assert only_problem(**{**valid, "ckpt_output_dir": "/tmp/" + "\u00e9" * 200}).startswith(
+        "ckpt_output_dir: each part of the path between slashes must be at most 255 characters (bytes in UTF-8); "
+        "one has 400")
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs /sys")
