@@ -227,7 +227,7 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"seconds to wait for the endpoint [{launch_env.RDZV_TIMEOUT}, default 600]")
     group.add_argument("--termination-log", metavar="PATH", help=(
         f"where the JSON summary goes [{launch_env.TERMINATION_LOG}; default {launch_env.DEFAULT_TERMINATION_LOG} "
-        "when that file exists, i.e. in a Kubernetes container; else none]"))
+        "inside a Kubernetes pod, else none]"))
 
 
 def _sft_flag_fields() -> dict[str, Any]:
@@ -356,13 +356,13 @@ class _Run:
 
 
 def _termination_log(args: argparse.Namespace | None, environ: Mapping[str, str]) -> str | None:
-    """The flag, else the variable, else /dev/termination-log where it exists (the kubelet creates it in
-    every container); outside a pod, no summary file unless asked for."""
+    """The flag, else the variable, else /dev/termination-log inside a Kubernetes pod (KUBERNETES_SERVICE_HOST
+    is set in every pod); elsewhere no summary file unless asked for."""
     flag = getattr(args, "termination_log", None) if args is not None else None
     asked = flag or environ.get(launch_env.TERMINATION_LOG, "").strip()
     if asked:
         return asked
-    return launch_env.DEFAULT_TERMINATION_LOG if os.path.exists(launch_env.DEFAULT_TERMINATION_LOG) else None
+    return launch_env.DEFAULT_TERMINATION_LOG if environ.get("KUBERNETES_SERVICE_HOST") else None
 
 
 def _rdzv_timeout(args: argparse.Namespace, launch: launch_env.LaunchEnvironment) -> float:

@@ -289,13 +289,26 @@ def test_more_processes_than_gpus_exit_78_with_both_numbers(tmp_path):
     assert done.returncode == 78 and "nproc_per_node: 1000 processes asked for" in done.stderr
 
 
+def _default_log_state():
+    path = "/dev/termination-log"
+    return (os.stat(path).st_mtime_ns, open(path, "rb").read()) if os.path.exists(path) else None
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(os.path.exists("/dev/termination-log"), reason="inside a container: the default path is wanted")
 def test_outside_a_pod_no_termination_log_is_written_unless_asked(tmp_path):
-    done = run_cli(["sft", "--num-epochs", "0"], env=clean_env())
-    assert done.returncode == 78
-    assert not os.path.exists("/dev/termination-log")
-    assert "could not write the termination summary" not in done.stderr
+    env = {k: v for k, v in clean_env().items() if k != "KUBERNETES_SERVICE_HOST"}
+    before = _default_log_state()
+    for argv in (["sft", "--num-epochs", "0"], ["sft", "--no-such-flag"], []):
+        done = run_cli(argv, env=env)
+        assert done.returncode in (78, 2)
+        assert "could not write the termination summary" not in done.stderr
+    assert _default_log_state() == before
+
+
+def test_inside_a_pod_the_default_path_is_the_kubelet_s():
+    assert cli._termination_log(None, {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == "/dev/termination-log"
+    assert cli._termination_log(None, {}) is None
+    assert cli._termination_log(None, {"TRAINING_HUB_TERMINATION_LOG": "/tmp/s"}) == "/tmp/s"
 
 
 @pytest.mark.timeout(60)
