@@ -1,4 +1,4 @@
-"""Checks of a training data file before anything heavy starts (stdlib only).
+"""Checks of a training data file before anything heavy starts (no torch, no instructlab).
 
 instructlab-training reads `data_path` with `datasets.load_dataset("json")` and reports a bad file
 late and badly (`KeyError: 'messages'`, "Malformed or missing data", after the model and tokenizer
@@ -21,24 +21,29 @@ import os
 from pathlib import Path
 from typing import Any
 
+from training_hub.params import ParameterError
+
 CHAT_ROLES = ("system", "user", "assistant", "tool", "pretraining")
 MAX_REPORTED = 10  # problems listed per file; the count of the rest follows
 _OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".arrow": "Arrow", ".xlsx": "Excel"}
 _CONVERT_HINT = "convert it to JSON Lines (one JSON object per line), e.g. with pandas: df.to_json(path, orient='records', lines=True)"
 
 
-class DataError(ValueError):
+class DataError(ParameterError):
     """The training data cannot be used as it is (a configuration error: exit 78)."""
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid training data:\n  - " + "\n  - ".join(problems))
+        super().__init__(problems)
+        self.args = ("invalid training data:\n  - " + "\n  - ".join(problems),)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def sample_problem(sample: Any, *, is_pretraining: bool = False, document_column_name: str = "document") -> str | None:
     """What is wrong with one parsed line, or None."""
     if not isinstance(sample, dict):
-        return f"must be a JSON object, got {type(sample).__name__}"
+        return f"must be a JSON object (got {type(sample).__name__})"
     if is_pretraining:
         document = sample.get(document_column_name)
         if document_column_name not in sample:
@@ -59,6 +64,8 @@ def sample_problem(sample: Any, *, is_pretraining: bool = False, document_column
             return f"messages[{index}].role must be one of {', '.join(CHAT_ROLES)} (got {role!r})"
         if not isinstance(message.get("content"), str):
             return f"messages[{index}].content must be a string (got {type(message.get('content')).__name__})"
+    if "unmask" in sample and not isinstance(sample["unmask"], bool):
+        return f"'unmask' must be true or false (got {sample['unmask']!r})"
     return None
 
 

@@ -555,15 +555,17 @@ def _backend_value_problems(name: str, value: Any, source: str) -> list[str]:
     return []
 
 
-def parse_train_kwargs(kwargs: Mapping[str, Any], backend_args: Mapping[str, str] | Collection[str] = ()) -> TrainRequest:
+def parse_train_kwargs(
+    kwargs: Mapping[str, Any], backend_arg_names: Mapping[str, str] | Collection[str] = ()
+) -> TrainRequest:
     """Validate the keyword arguments of `sft()` / `SFTAlgorithm.train()` and report every problem at once.
 
     Names may be snake_case or camelCase (not both for one parameter); `None` means "not given". A
     name that is neither an SFT nor a distributed parameter goes to the backend when it is one of
-    `backend_args` (a mapping name -> type as Python source also checks the value), and is rejected
+    `backend_arg_names` (a mapping name -> type as Python source also checks the value), and is rejected
     with a "did you mean" hint otherwise; so are entries of `extra_args`. Raises `ParameterError`.
     """
-    backend_names = frozenset(backend_args)
+    backend_names = frozenset(backend_arg_names)
     known = _MODEL_FIELDS | backend_names
     given = {name: value for name, value in kwargs.items() if value is not None}
     problems = spelling_conflicts(given, known)
@@ -609,9 +611,9 @@ def parse_train_kwargs(kwargs: Mapping[str, Any], backend_args: Mapping[str, str
             problems.append(f"extra_args.{label}: given twice (also outside extra_args); give it once")
         else:
             to_backend(f"extra_args.{label}", name, value)
-    if isinstance(backend_args, Mapping):
+    if isinstance(backend_arg_names, Mapping):
         for name, value in extra.items():
-            problems += _backend_value_problems(name, value, backend_args[name])
+            problems += _backend_value_problems(name, value, backend_arg_names[name])
 
     validated: list[BaseModel] = []
     for model, data in ((SFTParams, {**sft_data, "extra_args": extra}), (DistributedParams, distributed_data)):

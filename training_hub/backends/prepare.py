@@ -50,7 +50,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
     "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
 )
-MAX_DATA_PROBLEMS = 10
 _HASH_CHUNK = 1 << 20
 
 
@@ -254,73 +253,14 @@ def is_prepared(data_output_dir: Path, identity: DataIdentity) -> bool:
 # --- checking the input ----------------------------------------------------------------------------------------
 
 
-def data_file_problems(spec: PrepareSpec, limit: int = MAX_DATA_PROBLEMS) -> list[str]:
-    """Problems of the JSONL data file, each with its file and line, found before any tokenizing: a bad line must
-    fail the job at once with where it is, not as an opaque error of the processing library minutes later."""
-    problems: list[str] = []
-    rows = 0
-    path = spec.data_path
+def data_file_problems(spec: PrepareSpec) -> list[str]:
+    """Problems of the JSONL data file, each with its file and line, found before any tokenizing (the library's one
+    data check, `training_hub.data`): a bad line fails the job at once with where it is."""
+    from training_hub.data import data_file_problems as problems_of
 
-    def problem(line: int, text: str) -> None:
-        problems.append(f"data_path: {path} line {line}: {text}")
-
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        return [f"data_path: cannot read {str(path)!r} ({exc.strerror or exc})"]
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if len(problems) >= limit:
-                problems.append(f"data_path: {path}: more problems not listed (first {limit} shown)")
-                break
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                problem(number, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except ValueError as exc:
-                problem(number, f"not valid JSON ({exc})")
-                continue
-            if not isinstance(row, dict):
-                problem(number, f"must be a JSON object (got {type(row).__name__})")
-                continue
-            rows += 1
-            detail = _pretraining_row_problem(row, spec.document_column_name) if spec.is_pretraining else _chat_row_problem(row)
-            if detail:
-                problem(number, detail)
-    if not rows and not problems:
-        problems.append(f"data_path: {path} holds no samples (one JSON object per line expected)")
-    return problems
-
-
-def _chat_row_problem(row: Mapping[str, Any]) -> str | None:
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return 'needs "messages": a non-empty list of {"role", "content"} objects' + (
-            f" (got {type(messages).__name__})" if "messages" in row else f" (keys: {', '.join(sorted(row)) or 'none'})")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"messages[{index}] must be an object with role and content (got {type(message).__name__})"
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role:
-            return f"messages[{index}].role must be a non-empty string such as user or assistant (got {role!r})"
-        if not isinstance(content, str):
-            return f"messages[{index}].content must be a string (got {type(content).__name__})"
-    if "unmask" in row and not isinstance(row["unmask"], bool):
-        return f'"unmask" must be true or false (got {row["unmask"]!r})'
-    return None
-
-
-def _pretraining_row_problem(row: Mapping[str, Any], column: str) -> str | None:
-    if column not in row:
-        return f'needs the document column "{column}" (document_column_name); keys: {", ".join(sorted(row)) or "none"}'
-    if not isinstance(row[column], str):
-        return f'"{column}" must be a string (got {type(row[column]).__name__})'
-    return None
+    found = problems_of(spec.data_path, is_pretraining=spec.is_pretraining,
+                        document_column_name=spec.document_column_name)
+    return [f"data_path: {problem}" for problem in found]
 
 
 # --- preparing -------------------------------------------------------------------------------------------------

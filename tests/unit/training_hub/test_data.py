@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from training_hub.data import MAX_REPORTED, DataError, check_data_file, data_file_problems
+from training_hub.params import ParameterError
 from training_hub.testing import write_chat_dataset, write_pretraining_dataset
 
 CHAT = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
@@ -35,7 +36,8 @@ def test_the_project_s_own_datasets_pass(tmp_path):
     ('{"messages": [{"role": "user"}]}', "messages[0].content must be a string (got NoneType)"),
     ('{"messages": ["hi"]}', "messages[0] must be an object with 'role' and 'content', got str"),
     ('{"messages": [{"role": "user", "content": "x"}', "not valid JSON (Expecting ',' delimiter at column 47)"),
-    ("[1, 2]", "must be a JSON object, got list"),
+    ("[1, 2]", "must be a JSON object (got list)"),
+    ('{"messages": [{"role": "user", "content": "x"}], "unmask": "yes"}', "'unmask' must be true or false (got 'yes')"),
 ])
 def test_each_bad_line_is_named(tmp_path, line, problem):
     path = write_lines(tmp_path / "train.jsonl", json.dumps(CHAT), line)
@@ -77,6 +79,7 @@ def test_check_raises_a_value_error_naming_data_path(tmp_path):
     path = write_lines(tmp_path / "train.jsonl", '{"text": "x"}')
     with pytest.raises(DataError) as caught:
         check_data_file(path)
-    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, ParameterError)
+    assert str(caught.value).startswith("invalid training data:\n  - data_path: ")
     assert caught.value.problems == [f"data_path: {path} line 1: has no 'messages' field (keys: ['text']); chat data "
                                      "needs a list of messages"]

@@ -105,9 +105,10 @@ def test_the_data_hash_is_reused_only_for_the_same_file_size_and_mtime(local_mod
 @pytest.mark.parametrize("line, problem", [
     ('{"messages": [{"role": "user", "content": "hi"}', "line 3: not valid JSON"),
     ('["a list"]', "line 3: must be a JSON object (got list)"),
-    ('{"text": "no messages"}', 'line 3: needs "messages": a non-empty list of {"role", "content"} objects (keys: text)'),
+    ('{"text": "no messages"}', "line 3: has no 'messages' field (keys: ['text']); chat data needs a list of messages"),
     ('{"messages": [{"role": "user", "content": 5}]}', "line 3: messages[0].content must be a string (got int)"),
-    ('{"messages": [{"content": "who?"}]}', "line 3: messages[0].role must be a non-empty string"),
+    ('{"messages": [{"content": "who?"}]}', "line 3: messages[0].role must be one of system, user, assistant, tool, "
+                                            "pretraining (got None)"),
 ])
 def test_a_bad_line_is_reported_with_file_and_line(tiny_model, tmp_path, line, problem):
     data = tmp_path / "bad.jsonl"
@@ -125,8 +126,8 @@ def test_pretraining_rows_need_the_document_column(tiny_model, tmp_path):
     with pytest.raises(ParameterError) as caught:
         prepare_data(str(tiny_model), str(data), str(tmp_path / "ckpt"), num_epochs=1, effective_batch_size=8,
                      learning_rate=1e-4, max_seq_len=256, is_pretraining=True, block_size=64)
-    assert caught.value.problems[0] == (f'data_path: {data} line 1: needs the document column "document" '
-                                        "(document_column_name); keys: text")
+    assert caught.value.problems[0] == (f"data_path: {data} line 1: has no 'document' field (the document column; "
+                                        "keys: ['text'])")
 
 
 def test_an_output_directory_holding_other_files_is_refused(tiny_model, chat_data, tmp_path):
