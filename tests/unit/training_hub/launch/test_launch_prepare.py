@@ -30,8 +30,9 @@ def test_a_bad_line_exits_78_with_file_line_and_problem_in_the_summary(tiny_mode
     written = read_summary(summary)
     assert written["outcome"] == "invalid_config"
     assert f"data_path: {data} line 2: not valid JSON" in written["message"]
-    # No data written; only the record that tells waiting nodes why (a hidden file beside data_output_dir).
-    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == [".data.prepare-failed.json"]
+    # Found by the entrypoint's own check, before preparing: nothing written at all (every node checks the same
+    # file itself, so no node waits for a record of it).
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_bad_parameters_exit_78_before_touching_the_data(tmp_path):
