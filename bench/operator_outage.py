@@ -7,7 +7,8 @@ Runs on a fresh kwokctl cluster (or TRAINING_HUB_KUBECONFIG). Figures:
   start); once the API server is back, the time until a job created then has all its pods Running;
 - `kubectl delete sftjob` -> no pod of the job left, on a quiet cluster and right after an API-server restart
   (the garbage collector's view of the CRD lags after a restart).
-`--operator-src DIR` runs the operator from another checkout's `operator/` (e.g. an older commit, for a before/after).
+`--operator-src DIR` runs the operator from another checkout's `operator/` (e.g. an older commit, for a before/after);
+`--gc-only` stops the operator before each delete (the garbage collector alone: how deletes worked before).
 """
 
 from __future__ import annotations
@@ -66,12 +67,22 @@ def start_up_recovery(cluster, log_dir: Path, src: Path | None, down_before: flo
         operator.stop()
 
 
-def delete_times(cluster, log_dir: Path, src: Path | None, restart: bool) -> float:
+def _wait_served(cluster) -> None:
+    """Until discovery lists sftjobs (an operator started before that would not watch them, before the fix)."""
+    wait_until(lambda: "sftjobs" in cluster.kubectl("get", "--raw", "/apis/training-hub.io/v1alpha1", check=False).stdout,
+               120, "sftjobs served by API discovery")
+    time.sleep(2)
+
+
+def delete_times(cluster, log_dir: Path, src: Path | None, restart: bool, gc_only: bool = False) -> float:
     namespace = new_namespace(cluster, "bench-delete")
+    _wait_served(cluster)
     operator = _operator(cluster, namespace, log_dir, src).start()
     try:
         apply(cluster, sftjob("doomed", namespace, nnodes=2))
         wait_gang_running(cluster, namespace, "doomed", 2, timeout=120)
+        if gc_only:
+            operator.stop()  # the pods are left to the garbage collector alone, as before the operator deleted them
         if restart:
             cluster.stop_apiserver()
             time.sleep(1)
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--operator-src", type=Path, help="run the operator package from this directory instead")
     parser.add_argument("--cases", choices=("all", "startup", "delete"), default="all")
+    parser.add_argument("--gc-only", action="store_true",
+                        help="stop the operator before each delete: the garbage collector alone removes the pods")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="operator-outage-bench-"))
@@ -95,12 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         startup = (("down 1 s before start", 1.0, None), ("down 0.3 s after start", None, 0.3),
                    ("down 1.5 s after start", None, 1.5))
         for label, before, after in startup if args.cases in ("all", "startup") else ():
-            times = [start_up_recovery(cluster, log_dir, src, before, after) for _ in range(args.runs)]
+            times = []
+            for _ in range(args.runs):
+                times.append(start_up_recovery(cluster, log_dir, src, before, after))
+                print(f"  start-up, API server {label}: {times[-1]:.1f} s", flush=True)
             figures[f"start_up_recovery_s[{label}]"] = times
             print(f"operator start, API server {label}: back -> new job Running  "
                   f"p50 {percentile(times, 50):.1f} s  max {max(times):.1f} s  (n={len(times)})")
         for restart in (False, True) if args.cases in ("all", "delete") else ():
-            times = [delete_times(cluster, log_dir, src, restart) for _ in range(args.runs)]
+            times = []
+            for _ in range(args.runs):
+                times.append(delete_times(cluster, log_dir, src, restart, args.gc_only))
+                print(f"  delete -> no pods ({'after a restart' if restart else 'quiet'}): {times[-1]:.2f} s", flush=True)
             label = "right after an API-server restart" if restart else "quiet cluster"
             figures[f"delete_to_no_pods_s[{label}]"] = times
             print(f"kubectl delete sftjob -> no pods, {label}: p50 {percentile(times, 50):.2f} s  "
