@@ -87,7 +87,7 @@ real_nodes_demo() {
   step "2/7 The trainer image (hack/images.sh: Debian base, podman; built once, then cached)"
   bash hack/images.sh prereqs >&2
   local archive trainer_image
-  archive=$(bash hack/images.sh archive trainer)
+  archive=$(bash hack/images.sh archive trainer | tail -n 1)  # a build first prints its log on stdout too
   trainer_image=$(bash hack/images.sh names | grep -- '-trainer:')
   step "3/7 Real-node binaries (kubelet, CoreDNS, pause; built once, then cached) and containerd + runc"
   eval "$(bash hack/control-plane.sh env)"

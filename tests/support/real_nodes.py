@@ -589,7 +589,8 @@ def _release_slot(owner: Path) -> None:
 
 
 def real_nodes_dir(cluster_workdir: Path) -> Path:
-    return Path(cluster_workdir) / "real-nodes"
+    # Short names: the kubelet binds unix sockets under its root dir, and a socket path may not exceed 107 bytes.
+    return Path(cluster_workdir) / "rn"
 
 
 @dataclass
@@ -679,7 +680,7 @@ def _start_node(
     labels: Mapping[str, str],
 ) -> None:
     d = node.directory
-    for sub in ("containerd", "cni", "pod-logs", "kubelet", *PER_NODE_HOST_PATHS.values()):
+    for sub in ("containerd", "cni", "pod-logs", "k", *PER_NODE_HOST_PATHS.values()):
         (d / sub).mkdir(parents=True, exist_ok=True)
     for host_path in PER_NODE_HOST_PATHS:
         Path(host_path).mkdir(parents=True, exist_ok=True)  # mount points; the host's stay empty
@@ -699,8 +700,8 @@ def _start_node(
         f"--kubeconfig={kubeconfig}",
         f"--hostname-override={node.name}",
         f"--node-ip={node_ip}",
-        f"--root-dir={d / 'kubelet'}",
-        f"--cert-dir={d / 'kubelet' / 'pki'}",
+        f"--root-dir={d / 'k'}",  # short: sockets live under it
+        f"--cert-dir={d / 'k' / 'pki'}",
         "--node-labels=" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
         "--v=1",
     ]
@@ -742,8 +743,8 @@ def start_real_nodes(
         _start_dns(directory, dns_address, kubeconfig, node_bin)
         node_ip = host_ip()
         nodes = [
-            RealNode(name=f"{ADDRESS_PREFIX}.{slot}.{2 + i}", directory=directory / f"node-{i}",
-                     socket=directory / f"node-{i}" / "containerd.sock")
+            RealNode(name=f"{ADDRESS_PREFIX}.{slot}.{2 + i}", directory=directory / f"n{i}",
+                     socket=directory / f"n{i}" / "containerd.sock")
             for i in range(count)
         ]
         labels = {
@@ -811,7 +812,7 @@ def stop_real_nodes(cluster_workdir: Path, grace: float = 5) -> None:
     if not directory.is_dir():
         _release_slot(Path(cluster_workdir))
         return
-    node_dirs = sorted(p for p in directory.glob("node-*") if p.is_dir())
+    node_dirs = sorted(p for p in directory.glob("n[0-9]*") if p.is_dir())
     # 1. kubelets first, so nothing restarts what comes next.
     _signal_and_wait({p for d in node_dirs if (p := _read_pid(d / "kubelet.pid"))}, grace)
     for node_dir in node_dirs:
