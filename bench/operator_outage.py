@@ -64,6 +64,8 @@ def start_up_recovery(cluster, log_dir: Path, src: Path | None, down_before: flo
     finally:
         if cluster.apiserver_pid() is None:
             cluster.start_apiserver()
+        # Free the GPUs for the next run (the pool holds 8 such gangs).
+        cluster.kubectl("delete", "sftjobs", "--all", "-n", namespace, "--wait=false", check=False)
         operator.stop()
 
 
