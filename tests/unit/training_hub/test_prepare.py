@@ -203,6 +203,7 @@ def test_prepared_once_reused_while_inputs_match_and_re_prepared_when_they_chang
 # --- the race: N launchers processing into one shared directory --------------------------------------------------
 
 RACE_SAMPLES = 3000
+RACE_REWRITES = 3
 
 # What instructlab's run_training does in the launcher of every node before torchrun starts (main_ds.run_training).
 INSTRUCTLAB_LAUNCHER = textwrap.dedent("""
@@ -287,14 +288,19 @@ def test_race_before_a_second_node_truncates_the_data_a_first_node_reads(tiny_mo
     complete = (shared / "data.jsonl").stat().st_size
     lines = len((shared / "data.jsonl").read_bytes().splitlines())
 
-    reader = Reader(shared / "data.jsonl")
-    reader.start()  # the fast node's ranks start reading ...
-    finish(launch(INSTRUCTLAB_LAUNCHER, str(tiny_model), str(race_data), str(shared)))  # ... while the slow node rewrites
-    reads = reader.finish()
+    # A reader thread may be starved for the whole rewrite on a loaded machine: the race is shown when any of a
+    # few rewrites exposes it (it did in 65 of 542 reads of the first one when measured).
+    for attempt in range(1, RACE_REWRITES + 1):
+        reader = Reader(shared / "data.jsonl")
+        reader.start()  # the fast node's ranks start reading ...
+        finish(launch(INSTRUCTLAB_LAUNCHER, str(tiny_model), str(race_data), str(shared)))  # ... while the slow node rewrites
+        reads = reader.finish()
+        partial = [r for r in reads if r[0] < complete or not r[2]]
+        if partial:
+            break
 
-    partial = [r for r in reads if r[0] < complete or not r[2]]
-    print(f"race before: {len(reads)} reads of data.jsonl while node 2 processed; {len(partial)} were not the complete "
-          f"file ({complete} bytes, {lines} lines), e.g. {sorted(partial)[:3]}")
+    print(f"race before (rewrite {attempt}): {len(reads)} reads of data.jsonl while node 2 processed; {len(partial)} "
+          f"were not the complete file ({complete} bytes, {lines} lines), e.g. {sorted(partial)[:3]}")
     assert partial, "expected the second node's rewrite to expose a truncated data.jsonl to a reader"
     assert min(r[1] for r in partial) < lines  # a rank would have trained on part of the data
 
