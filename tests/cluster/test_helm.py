@@ -220,7 +220,8 @@ def test_rules_review_shows_exactly_the_chart_rules(releases, tmp_path):
         ("training-hub.io", "sftjobs/status", "patch"), ("training-hub.io", "sftjobs/finalizers", "update"),
         ("", "pods/log", "get"), ("", "events", "create"),
     } | {("", "pods", v) for v in ("create", "delete", "list", "watch")} | {
-        ("", "services", v) for v in ("create", "get")} | {("", "configmaps", v) for v in ("create", "get", "patch")}
+        ("", "services", v) for v in ("create", "get")} | {("", "configmaps", v) for v in ("create", "get", "patch")} | {
+        ("kueue.x-k8s.io", "workloads", v) for v in ("get", "delete")}  # a queued gang's reason; release an unbound group
     leases = {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update", "list", "watch")}
     crds = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 
