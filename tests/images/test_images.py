@@ -101,7 +101,7 @@ def test_trainer_image_entrypoint_answers_and_imports_its_stack(trainer_image, p
     # An invalid config is reported with its exit code and the field named, as the operator reads it.
     invalid = podman(*common, trainer_image, "sft", "--num-epochs", "0", "--termination-log", "/tmp/summary", check=False)
     assert invalid.returncode == 78, invalid.stdout + invalid.stderr
-    assert "num_epochs: input should be greater than or equal to 1" in invalid.stderr, invalid.stderr
+    assert "num_epochs: must be greater than or equal to 1 (got 0)" in invalid.stderr, invalid.stderr
 
 
 @pytest.mark.timeout(240)
