@@ -105,10 +105,12 @@ def _listing(root: Path) -> list[str]:
 
 
 def _snapshot(data_dir: Path) -> dict:
-    """What identifies the prepared data: the directory's and its files' inode and mtime, and the manifest's text."""
+    """What identifies the prepared data: the directory's inode, its files' inode, mtime and size, the manifest's text.
+
+    Not the directory's mtime: every rank's parameter check tries that `data_output_dir` is writable by creating and
+    removing a probe file in it (params.writable_dir_problem), which moves the mtime without writing any data."""
     files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in data_dir.iterdir()}
-    return {"dir": (data_dir.stat().st_ino, data_dir.stat().st_mtime_ns), "files": files,
-            "manifest": (data_dir / MANIFEST_FILE).read_text()}
+    return {"dir_inode": data_dir.stat().st_ino, "files": files, "manifest": (data_dir / MANIFEST_FILE).read_text()}
 
 
 def _events(cluster, namespace: str, name: str) -> list[tuple[str, str, str]]:
@@ -163,6 +165,7 @@ def test_train_prepares_once_on_the_shared_volume_then_stops_for_want_of_a_gpu_w
     assert prepared["reason"] == "DataPrepared", prepared
     data_dir = host_dir / "prepared"
     before = _snapshot(data_dir)  # taken before any rank can have got past importing torch
+    dir_mtime_before = data_dir.stat().st_mtime_ns
     manifest = json.loads(before["manifest"])
     assert manifest["samples"] > 0 and DATA_FILE in before["files"]
 
@@ -187,6 +190,7 @@ def test_train_prepares_once_on_the_shared_volume_then_stops_for_want_of_a_gpu_w
     events = _events(real_cluster, ns, "train")
     ranks = {p["metadata"]["name"]: _logs(real_cluster, ns, p["metadata"]["name"]) for p in gang}
     after = _snapshot(data_dir)
+    dir_mtime_moved = data_dir.stat().st_mtime_ns != dir_mtime_before
 
     print("\n--- Train 2x1 on real nodes ---")
     print("timeline:\n" + "\n".join(f"  {t:6.1f} s  {what}" for t, what in timeline))
@@ -200,8 +204,10 @@ def test_train_prepares_once_on_the_shared_volume_then_stops_for_want_of_a_gpu_w
     for name, text in ranks.items():
         lines = [line for line in text.splitlines() if re.search(r"prepar|reus|NVIDIA|GPU|Cause", line, re.IGNORECASE)]
         print(f"{name} log (selected lines):\n" + "\n".join(f"  {line[:300]}" for line in lines[-12:]))
-    print("shared directory:\n" + "\n".join(f"  {row}" for row in _listing(host_dir) if not row.endswith(".safetensors")
-                                            and "/model/" not in row))
+    print(f"prepared data after the gang: files and manifest {'unchanged' if after == before else 'CHANGED'}; "
+          f"directory mtime {'moved (the ranks write probes)' if dir_mtime_moved else 'unchanged'}")
+    print("shared directory (model/ files left out):\n" + "\n".join(f"  {row}" for row in _listing(host_dir)
+                                                                 if not row.split()[-1].startswith("model/")))
 
     # The cause in words: in lastFailure, the Failed condition, a Warning event and the container's termination summary — not only an exit code.
     assert last["exitCode"] != 0 and last["rank"] in (0, 1)
