@@ -107,7 +107,7 @@ SESSION_CLUSTER_PREFIX = "th-test-"
 REAL_CLUSTER_PREFIX = "th-real-"
 # Clusters named <prefix><pid> by test sessions and tests; those of dead processes are removed.
 LEFTOVER_CLUSTER_PREFIXES = (
-    SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-", "th-helm-", "th-demo-",
+    SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-", "th-helm-", "th-demo-", "th-outage-",
     REAL_CLUSTER_PREFIX, "th-rdown-", "th-faults-",
 )
 
