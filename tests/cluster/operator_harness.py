@@ -165,8 +165,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def shared_volume(cluster, namespace: str, claim: str = "shared") -> dict[str, Any]:
-    """A bound ReadWriteMany PVC (NFS-backed PV: kwok never mounts it; the scheduler needs it bound)."""
+NFS_SOURCE = {"nfs": {"server": "nfs.example.invalid", "path": "/export"}}  # kwok never mounts it
+
+
+def shared_volume(cluster, namespace: str, claim: str = "shared", source: Mapping[str, Any] = NFS_SOURCE
+                  ) -> dict[str, Any]:
+    """A bound ReadWriteMany PVC on a PV with the given volume source (NFS by default: the scheduler needs it
+    bound; real nodes take a hostPath, one directory of this host that pods on every real node mount)."""
     pv_name = f"{namespace}-{claim}"[:63]
     apply(
         cluster,
@@ -176,7 +181,7 @@ def shared_volume(cluster, namespace: str, claim: str = "shared") -> dict[str, A
             "spec": {
                 "capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"],
                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "manual",
-                "nfs": {"server": "nfs.example.invalid", "path": "/export"},
+                **source,
                 "claimRef": {"namespace": namespace, "name": claim},
             },
         },

@@ -25,6 +25,7 @@ from tests.cluster.operator_harness import (
     get_job,
     job_pods,
     sftjob,
+    shared_volume,
     wait_phase,
     wait_until,
 )
@@ -56,35 +57,6 @@ def train_namespace(real_cluster, real_images, tmp_path_factory):
     if os.environ.get("TRAINING_HUB_KEEP_OPERATOR_LOG"):
         print(operator.log_tail(200))
     real_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def shared_host_volume(cluster, namespace: str, host_dir: Path, claim: str = "shared") -> dict:
-    """A bound ReadWriteMany PVC on a hostPath PV: one directory of this host, mounted by pods of both real nodes."""
-    pv_name = f"{namespace}-{claim}"[:63]
-    apply(
-        cluster,
-        {
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "manual",
-                "hostPath": {"path": str(host_dir), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        },
-        {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": pv_name,
-                     "resources": {"requests": {"storage": "1Gi"}}},
-        },
-    )
-    wait_until(
-        lambda: cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout == "Bound",
-        60, f"PVC {claim} bound",
-    )
-    return {"name": "shared", "claimName": claim, "mountPath": MOUNT}
 
 
 def _give_to_trainer(root: Path) -> None:
@@ -131,7 +103,7 @@ def test_train_prepares_once_on_the_shared_volume_then_stops_for_want_of_a_gpu_w
     build_tiny_model(host_dir / "model")
     write_chat_dataset(host_dir / "chat.jsonl", n_samples=48, seed=9)
     _give_to_trainer(host_dir)
-    volume = shared_host_volume(real_cluster, ns, host_dir)
+    volume = shared_volume(real_cluster, ns, source={"hostPath": {"path": str(host_dir), "type": "Directory"}})
     real_only = {real_nodes.REAL_NODE_LABEL: "real"}
     port = 31000 + os.getpid() % 500 * 2  # real nodes share the host's network: a port of this job's own
     job = sftjob(
