@@ -25,12 +25,14 @@ from tests.support import kwok_cluster  # noqa: E402
 
 
 @contextlib.contextmanager
-def bench_cluster(name: str = "th-bench", *, pool_nodes: int = 8, gpus_per_node: int = 128) -> Iterator:
+def bench_cluster(name: str = "th-bench", *, pool_nodes: int = 8, gpus_per_node: int = 128,
+                  audit: bool = False) -> Iterator:
+    """`audit`: a cluster started here writes an audit log (`cluster.audit_log`; tests/support/audit_log.py)."""
     bin_dir = kwok_cluster.find_bin_dir()
     if bin_dir is None:
         raise SystemExit("no control-plane binaries: run `hack/control-plane.sh build` first")
     external = os.environ.get("TRAINING_HUB_KUBECONFIG")
-    cluster = kwok_cluster.attach_cluster(external, bin_dir) if external else kwok_cluster.start_cluster(name, bin_dir)
+    cluster = kwok_cluster.attach_cluster(external, bin_dir) if external else kwok_cluster.start_cluster(name, bin_dir, audit=audit)
     try:
         install_crd(cluster)
         # Someone else's cluster (e.g. the test session's, for the CI smoke run) keeps the pool it has: its other

@@ -3,6 +3,8 @@
 - ``cluster`` (session): a :class:`tests.support.kwok_cluster.KwokCluster` with 4 x 8-GPU fake nodes.
 - ``namespace`` (function): a fresh namespace name, deleted after the test.
 - ``k8s_bin_dir`` (session): the directory with kube-apiserver, kubectl, kwokctl, helm, ...
+- ``audited_cluster`` (session): a cluster of its own whose API server writes an audit log (``.audit_log``;
+  tests/support/audit_log.py counts requests in it), started on first use. The session cluster writes none.
 - ``kueue`` (session): real Kueue beside the session cluster (tests/support/kueue.py), started on first use;
   ``kueue_namespace`` (function, tests/cluster/conftest.py): a namespace Kueue manages, with a LocalQueue
   ``gpu-queue`` on a ClusterQueue of 16 GPUs of its own. Tests using them carry ``@pytest.mark.kueue`` (skipped
@@ -108,7 +110,7 @@ REAL_CLUSTER_PREFIX = "th-real-"
 # Clusters named <prefix><pid> by test sessions and tests; those of dead processes are removed.
 LEFTOVER_CLUSTER_PREFIXES = (
     SESSION_CLUSTER_PREFIX, "th-down-", "th-lost-", "th-broken-", "th-sigterm-", "th-helm-", "th-demo-", "th-outage-",
-    REAL_CLUSTER_PREFIX, "th-rdown-", "th-faults-",
+    REAL_CLUSTER_PREFIX, "th-rdown-", "th-faults-", "th-audit-",
 )
 
 
@@ -262,6 +264,21 @@ def cluster(k8s_bin_dir: Path) -> kwok_cluster.KwokCluster:
     if _SessionCluster.cluster is None:
         _unavailable(_SessionCluster.error or "the test cluster did not start")
     return _SessionCluster.cluster
+
+
+@pytest.fixture(scope="session")
+def audited_cluster(k8s_bin_dir: Path):
+    """A cluster whose API server writes an audit log: for tests that count API requests (tests/support/audit_log.py).
+    Its own, not the session's: every request on the shared one would pay for the log line."""
+    name = f"th-audit-{os.getpid()}"
+    try:
+        own = _start_with_one_retry(name, k8s_bin_dir, audit=True)
+    except kwok_cluster.ControlPlaneUnavailable as error:
+        _unavailable(f"the audited cluster did not start: {error}")
+    try:
+        yield own
+    finally:
+        kwok_cluster.stop_cluster(name, k8s_bin_dir)
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ from typing import Callable, Mapping, Sequence
 
 if not __package__:  # run as a script (hack/control-plane.sh)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import real_nodes  # noqa: E402
+from tests.support import audit_log, real_nodes  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTROL_PLANE_SCRIPT = REPO_ROOT / "hack" / "control-plane.sh"
@@ -161,6 +161,12 @@ class KwokCluster:
     _logs_dir: Path | None = field(default=None, repr=False)
     _launches: dict = field(default_factory=dict, repr=False)  # component -> (argv, cwd, env), by stop_apiserver
     real_nodes: "real_nodes.RealNodes | None" = None  # set by add_real_nodes
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The API server's audit log (a cluster started with `audit=True`); None when it writes none."""
+        path = self.workdir / "logs" / "audit.log" if self.workdir else None
+        return path if path and path.exists() else None
 
     def add_real_nodes(self, count: int = 2, gpus_per_node: int = DEFAULT_GPUS_PER_NODE, archives=()) -> list[str]:
         """Starts `count` real kubelet nodes (tests/support/real_nodes.py) beside the fake ones; returns their names."""
@@ -586,7 +592,7 @@ def _wait_until_gone(pids: set[int], timeout: float) -> set[int]:
     return alive
 
 
-def _config_yaml(bin_dir: Path, workdir: Path) -> str:
+def _config_yaml(bin_dir: Path, workdir: Path, audit_policy: Path | None = None) -> str:
     # JSON is YAML; kwokctl reads a multi-document file, here one KwokctlConfiguration.
     options = {
         "runtime": "binary",
@@ -601,6 +607,8 @@ def _config_yaml(bin_dir: Path, workdir: Path) -> str:
         "enableCRDs": ["Logs", "ClusterLogs"],
         "disableQPSLimits": True,
     }
+    if audit_policy is not None:  # kwokctl then runs the API server with --audit-log-path=<workdir>/logs/audit.log
+        options["kubeAuditPolicy"] = str(audit_policy)
     pki = workdir / "pki"
     patches = [
         # kwok plays only the fake nodes, so real kubelets can join the same cluster (tests/support/real_nodes.py).
@@ -637,8 +645,12 @@ def start_cluster(
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
     timeout: float = 300,
     failed_logs_dir: Path | None = None,
+    audit: bool = False,
 ) -> KwokCluster:
     """Starts cluster `name` (or returns it if it already answers) with `nodes` fake GPU nodes.
+
+    `audit`: the API server writes an audit log (`cluster.audit_log`; tests/support/audit_log.py counts requests in
+    it). Off by default: it costs every request a log line.
 
     If kwokctl fails, the components' logs are copied to `failed_logs_dir` (default
     `<KWOK_WORKDIR>/failed-logs/<name>-<time>`, the newest 20 kept) before everything is stopped.
@@ -658,7 +670,11 @@ def start_cluster(
     config_dir = kwok_workdir() / "configs"
     config_dir.mkdir(parents=True, exist_ok=True)
     config_path = config_dir / f"{name}.yaml"
-    config_path.write_text(_config_yaml(bin_dir, workdir))
+    audit_policy = None
+    if audit:
+        audit_policy = config_dir / f"{name}-audit-policy.json"
+        audit_policy.write_text(json.dumps(audit_log.POLICY))
+    config_path.write_text(_config_yaml(bin_dir, workdir, audit_policy))
     cmd = [
         str(bin_dir / "kwokctl"), "--config", str(config_path), "create", "cluster", "--name", name,
         "--runtime", "binary", "--kubeconfig", "", "--wait", f"{int(timeout)}s", "--timeout", f"{int(timeout)}s",
@@ -767,6 +783,7 @@ def _main(argv: Sequence[str]) -> int:
     up.add_argument("name", nargs="?", default=DEFAULT_CLUSTER_NAME)
     up.add_argument("--nodes", type=int, default=DEFAULT_NODE_COUNT)
     up.add_argument("--gpus-per-node", type=int, default=DEFAULT_GPUS_PER_NODE)
+    up.add_argument("--audit", action="store_true", help="write an audit log (<workdir>/logs/audit.log)")
     down = sub.add_parser("down", help="delete a cluster and every process it started")
     down.add_argument("name", nargs="?", default=DEFAULT_CLUSTER_NAME)
     nodes = sub.add_parser("nodes", help="add fake GPU nodes")
@@ -786,7 +803,7 @@ def _main(argv: Sequence[str]) -> int:
 
     if args.command == "up":
         started = time.monotonic()
-        cluster = start_cluster(args.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+        cluster = start_cluster(args.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node, audit=args.audit)
         print(f"control-plane: cluster {args.name} up in {time.monotonic() - started:.1f} s", file=sys.stderr)
         print(cluster.kubeconfig)
     elif args.command == "down":
