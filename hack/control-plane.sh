@@ -17,6 +17,8 @@
 #   hack/control-plane.sh real-nodes [NAME] [COUNT] [GPUS]   adds real kubelet nodes (root; containerd + runc from Debian)
 #   hack/control-plane.sh kueue-build   build (or find) Kueue: binary, CRDs, webhook manifests; prints its dir
 #   hack/control-plane.sh kueue-dir     prints Kueue's dir if complete; never builds
+#   hack/control-plane.sh peer-build    build (or find) the benchmarks' peer, Kubeflow training-operator: binary + CRDs
+#   hack/control-plane.sh peer-dir      prints the peer's dir if complete; never builds
 #
 # Env: TRAINING_HUB_K8S_BIN   a directory that already holds all the binaries (skips the build)
 #      TRAINING_HUB_NODE_BIN  a directory that already holds kubelet, coredns and pause (skips node-build)
@@ -32,6 +34,8 @@ KWOK_VERSION=v0.8.0
 KWOK_FALLBACK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
 KUEUE_VERSION=v0.17.0
+# The peer bench/operator_peer.py holds the operator against (Kubeflow training-operator, PyTorchJob controller).
+PEER_VERSION=v1.8.1
 # Upstream's Makefile stamps the Kubernetes version helm assumes offline (`helm template`, lint
 # deprecations) from its client-go (v0.37 -> 1.37); without it helm assumes 1.20.
 HELM_K8S_MAJOR=1
@@ -302,6 +306,40 @@ build_kueue() {
   flock -u 8
 }
 
+# The benchmarks' peer (bench/operator_peer.py runs it beside a cluster): Kubeflow training-operator's binary plus
+# its PyTorchJob CRD, from the same Go module. Cold (empty Go caches, 2 cores): see docs/operator.md#performance.
+peer_dir() { echo "$BIN_CACHE/training-operator-$PEER_VERSION"; }
+
+peer_complete() {
+  local dir=$1
+  [[ -x "$dir/training-operator" && -f "$dir/crds/kubeflow.org_pytorchjobs.yaml" ]]
+}
+
+build_peer() {
+  local out
+  out=$(peer_dir)
+  peer_complete "$out" && return 0
+  require_go
+  mkdir -p "$BIN_CACHE"
+  exec 7>"$CACHE_ROOT/peer-build.lock"
+  flock 7
+  if ! peer_complete "$out"; then
+    local started=$SECONDS tmp="$out.tmp.$$" module
+    log "building Kubeflow training-operator $PEER_VERSION (the benchmarks' peer)"
+    rm -rf "$tmp" && mkdir -p "$tmp/crds"
+    go_install_into "$tmp" "-s -w" "github.com/kubeflow/training-operator/cmd/training-operator.v1@$PEER_VERSION" \
+      || die "building training-operator $PEER_VERSION failed"
+    mv "$tmp/training-operator.v1" "$tmp/training-operator"
+    module=$(cd "$tmp" && go mod download -json "github.com/kubeflow/training-operator@$PEER_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+    [[ -f "$module/manifests/base/crds/kubeflow.org_pytorchjobs.yaml" ]] || die "training-operator $PEER_VERSION: CRDs not found ($module)"
+    cp "$module/manifests/base/crds/kubeflow.org_pytorchjobs.yaml" "$tmp/crds/"
+    chmod -R u+w "$tmp"
+    finish_component "$tmp" "$out"
+    log "training-operator $PEER_VERSION built in $((SECONDS - started)) s"
+  fi
+  flock -u 7
+}
+
 has_all_binaries_in() {
   local dir=$1 b; shift
   for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
@@ -418,6 +456,8 @@ main() {
       if [[ -z "${TRAINING_HUB_KUEUE_DIR:-}" ]]; then build_kueue; printf 'export TRAINING_HUB_KUEUE_DIR=%q\n' "$(kueue_dir)"; fi
       ;;
     kueue-build) build_kueue; kueue_dir ;;
+    peer-build) build_peer; peer_dir ;;
+    peer-dir) peer_complete "$(peer_dir)" && peer_dir && exit 0; exit 1 ;;
     kueue-dir) kueue_complete "${TRAINING_HUB_KUEUE_DIR:-$(kueue_dir)}" && echo "${TRAINING_HUB_KUEUE_DIR:-$(kueue_dir)}" && exit 0; exit 1 ;;
     bin-dir)  # prints the binaries' directory if complete; never builds
       if [[ -n "${TRAINING_HUB_K8S_BIN:-}" ]]; then has_all_binaries "$TRAINING_HUB_K8S_BIN" && echo "$TRAINING_HUB_K8S_BIN" && exit 0; exit 1; fi
@@ -429,13 +469,13 @@ main() {
       has_node_binaries "$(node_set_dir)" && node_set_dir && exit 0; exit 1 ;;
     versions)
       echo "kubernetes $K8S_VERSION"; echo "etcd $ETCD_VERSION"; echo "kwok $KWOK_VERSION"; echo "helm $HELM_VERSION"
-      echo "coredns $COREDNS_VERSION"; echo "pause $PAUSE_VERSION"; echo "kueue $KUEUE_VERSION" ;;
+      echo "coredns $COREDNS_VERSION"; echo "pause $PAUSE_VERSION"; echo "kueue $KUEUE_VERSION"; echo "training-operator $PEER_VERSION (peer)" ;;
     real-nodes)
       local node_bin
       node_bin=$(ensure_node_binaries)
       TRAINING_HUB_NODE_BIN="$node_bin" cluster_cli "$cmd" "$@" ;;
     up|down|nodes|kubeconfig|status) cluster_cli "$cmd" "$@" ;;
-    *) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
+    *) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
   esac
 }
 

@@ -33,10 +33,14 @@ def helm(cluster, *args: str, check: bool = True, timeout: float = 300) -> subpr
 
 def install_crd(cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    wait_established(cluster, "sftjobs.training-hub.io")
+
+
+def wait_established(cluster, crd: str, timeout: float = 60) -> None:
     # A CRD created a moment ago may have no status yet: `kubectl wait` then fails at once
     # (".status.conditions accessor error") instead of waiting, so wait again until the deadline.
-    deadline = time.monotonic() + 60
-    wait = ("wait", "--for=condition=Established", "crd/sftjobs.training-hub.io", "--timeout=60s")
+    deadline = time.monotonic() + timeout
+    wait = ("wait", "--for=condition=Established", f"crd/{crd}", f"--timeout={int(timeout)}s")
     while cluster.kubectl(*wait, check=False).returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.5)
     cluster.kubectl(*wait)

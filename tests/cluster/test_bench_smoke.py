@@ -3,6 +3,7 @@ asserted: the figures are bench/'s business). They import test helpers and opera
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +25,9 @@ SMOKE_RUNS = [
 ]
 
 
-def _run(command: list[str], expected: list[str], env: dict[str, str]) -> None:
-    result = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+def _run(command: list[str], expected: list[str], env: dict[str, str], timeout: float = 280) -> None:
+    result = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=timeout)
     print(result.stdout[-3000:], result.stderr[-3000:])
     assert result.returncode == 0, result.stderr[-3000:]
     for words in expected:
@@ -37,6 +39,32 @@ def _run(command: list[str], expected: list[str], env: dict[str, str]) -> None:
 @pytest.mark.parametrize(("command", "expected"), SMOKE_RUNS)
 def test_operator_benchmark_runs_at_tiny_size(operator_pool, cluster, command, expected):
     _run(command, expected, {**os.environ, "TRAINING_HUB_KUBECONFIG": cluster.kubeconfig})
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(1200)  # hack/test.sh builds the peer in the background: a cold run waits here for the build
+def test_anchors_benchmark_runs_floor_peer_and_operator(audited_cluster, tmp_path):
+    """bench/operator_anchors.py at tiny size on a cluster with an audit log: every subject (the floor at 16 and 1
+    concurrent POSTs, the Go peer, the operator) produces its figures, requests per job included."""
+    build = subprocess.run(["bash", "hack/control-plane.sh", "peer-build"], cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    figures_file = tmp_path / "figures.json"
+    _run(["bench/operator_anchors.py", "--single-runs", "1", "--bursts", "2", "--nnodes", "2",
+          "--json", str(figures_file)],
+         ["1 job x 2 nodes, alone", "2 jobs x 2 nodes at once", "API requests per job start"],
+         {**os.environ, "TRAINING_HUB_KUBECONFIG": audited_cluster.kubeconfig}, timeout=280)
+    figures = json.loads(figures_file.read_text())
+    subjects = {"floor", "floor-1", "peer", "operator"}
+    for phase in ("single", "burst_2"):
+        assert set(figures[phase]) == subjects
+        for subject, row in figures[phase].items():
+            # each subject created pods, and its own requests were found in the audit log (at least its creates)
+            assert row["requests_per_job_total"] >= 2, (phase, subject, row)
+            assert row["requests_per_job"].get("create pods") == 2, (phase, subject, row)
+    for subject in ("peer", "operator"):  # the processes measured: CPU and RSS per burst
+        assert figures["burst_2"][subject]["cpu_s"] > 0 and figures["burst_2"][subject]["rss_peak_mib"] > 0
+    assert figures["burst_2"]["operator"]["pods_seen"] == figures["burst_2"]["operator"]["pods_expected"] == 4
 
 
 @pytest.mark.timeout(300)
