@@ -277,7 +277,8 @@ def print_requests(figures: dict) -> None:
     for phase, rows in figures.items():
         if not isinstance(rows, dict):
             continue
-        for kind, row in rows.items():
+        for kind in [k for k in SUBJECTS if k in rows]:
+            row = rows[kind]
             if isinstance(row, dict) and "requests_per_job" in row:
                 detail = ", ".join(f"{k} {v:g}" for k, v in row["requests_per_job"].items())
                 print(f"  {phase:10} {kind:10} {row['requests_per_job_total']:5.1f}  ({detail})")
