@@ -30,6 +30,7 @@ from sftjob_operator import labels
 from sftjob_operator import reconcile as rc
 from sftjob_operator import status as st
 from sftjob_operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
+from sftjob_operator.orphans import OrphanSweeper
 from sftjob_operator.watch_health import WatchCollector, WatchHealth, is_connection_error
 from sftjob_operator.leader import KubeLeaseClient, LeaderElectionSettings, LeaderElector, NotLeader
 
@@ -136,6 +137,7 @@ class JobReconciler:
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     # Leader election (leader.py): a standby keeps its cache of jobs warm but reconciles nothing. None: always act.
     is_leader: Callable[[], bool] | None = None
+    namespaces: tuple[str, ...] = ()  # the watched ones (empty: cluster-wide); swept for pods of deleted jobs
 
     def __post_init__(self) -> None:
         self.jobs: dict[JobKey, _JobState] = {}
@@ -143,6 +145,7 @@ class JobReconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
         self._background: list[asyncio.Future] = []
+        self.sweeper: OrphanSweeper | None = None  # started with the event loop (register.configure)
 
     # --- triggers (event loop) ---------------------------------------------------------------------------------
 
@@ -222,9 +225,12 @@ class JobReconciler:
         loop.run_in_executor(self.executor, delete)
 
     def resync_soon(self) -> None:
-        """Thread-safe: reconcile every job now (the API server is back after an outage)."""
+        """Thread-safe: reconcile every job now, and sweep the pods of jobs deleted meanwhile (the API server is
+        back after an outage: a job deleted before kopf's watch re-lists yields no DELETED event)."""
         if self._loop is not None and not self.closing:
             self._loop.call_soon_threadsafe(self.resync_all)
+            if self.sweeper is not None:
+                self.sweeper.wake()
 
     def pod_event(self, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -314,14 +320,16 @@ class JobReconciler:
         namespace, name = key
         state = self.jobs.setdefault(key, _JobState())
         job = None if state.refresh else state.body
+        known_uid = None
         if job is None:
             state.refresh = False
+            known_uid = (state.body or {}).get("metadata", {}).get("uid")
             job = self.kube.get_job(namespace, name)
             state.body = job
         if job is None:
-            gone = self.jobs.pop(key, None)
-            if gone is not None and gone.body is not None:  # a DELETED event we missed
-                self.kube.delete_owned_pods(namespace, name, gone.body["metadata"].get("uid"))
+            self.jobs.pop(key, None)
+            if known_uid:  # a DELETED event we missed (only the uid we knew: a newer job of the name keeps its pods)
+                self.kube.delete_owned_pods(namespace, name, known_uid)
             self._release_orphans(namespace, name)
             return None
         try:
@@ -530,6 +538,12 @@ def register(
                     watch_health.watchdog(reconciler.kube.serves_sftjobs, health, insights, rescan)
                 ))
         reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
+        reconciler.sweeper = OrphanSweeper(
+            reconciler.kube, reconciler.namespaces, quiet_interval=reconciler.settings.resync_seconds,
+            may_act=lambda: not reconciler.closing and reconciler.active(),
+            run_blocking=lambda call: asyncio.get_running_loop().run_in_executor(reconciler.executor, call),
+        )
+        reconciler._background.append(asyncio.ensure_future(reconciler.sweeper.run()))
         if elector is not None:
             settings.posting.enabled = False  # a standby writes nothing, not even kopf's events
             _campaign(reconciler, elector, stop_flag)
@@ -655,6 +669,7 @@ def run_operator(
         config=config,
         policy=reconcile_policy_from_env(),
         settings=RuntimeSettings.from_env(),
+        namespaces=tuple(namespaces),
     )
     health = WatchHealth(on_recovered=reconciler.resync_soon)
     kube.health = health
