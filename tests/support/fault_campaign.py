@@ -201,6 +201,18 @@ class Campaign:
             return None
         return pods
 
+    def describe(self, name: str) -> str:
+        """Why a job is not steady, in one line: its phase and attempt, each pod's attempt, phase and node."""
+        try:
+            status = (self.job(name) or {}).get("status") or {}
+            pods = [p for p in self.pods() if (p["metadata"].get("labels") or {}).get(JOB_LABEL) == name]
+        except Exception as error:  # noqa: BLE001 - API server restarting
+            return f"unreadable: {type(error).__name__}"
+        shown = [f"{p['metadata']['name']} a{p['metadata']['labels'].get('training-hub.io/attempt')} "
+                 f"{(p.get('status') or {}).get('phase')} on {(p.get('spec') or {}).get('nodeName') or 'no node'}"
+                 f"{' terminating' if p['metadata'].get('deletionTimestamp') else ''}" for p in pods]
+        return f"phase {status.get('phase')}, attempt {status.get('attempt')}, pods: {'; '.join(shown) or 'none'}"
+
     def wait(self, predicate: Callable[[], Any], timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -228,7 +240,8 @@ class Campaign:
         name = self.rng.choice(self.jobs)
         pods = self.wait(lambda: self.steady(name), self.converge_timeout)
         if pods is None:
-            self.report.violate("converged", f"{name} not running whole within {self.converge_timeout}s before a {kind}")
+            self.report.violate("converged", f"{name} not running whole within {self.converge_timeout}s before a {kind} "
+                                             f"({self.describe(name)})")
             return
         pod = self.rng.choice(sorted(pods, key=lambda p: p["metadata"]["name"]))
         pod_name = pod["metadata"]["name"]

@@ -381,7 +381,125 @@ def _check_output_dir(spec: PrepareSpec) -> None:
             ])
 
 
+# Seconds a stopped processing child gets to exit after SIGTERM before it (and its pool workers) are killed.
+CHILD_STOP_GRACE_S = 5.0
+
+
 def _process(spec: PrepareSpec, output: Path, num_cpu_procs: int) -> None:
+    """instructlab's data processing into `output`, in a child process of its own session.
+
+    Not in this process: the processing forks a multiprocessing pool whose workers would inherit this process's
+    signal handlers (the entrypoint's turn SIGTERM into an exception), and a pool whose worker raised instead of
+    dying, or died holding a task, leaves its parent waiting forever. Here a SIGTERM (preemption, suspend) reaches
+    only this process; any exception while waiting (the entrypoint's Interrupted, KeyboardInterrupt) stops the
+    child's whole process group, SIGTERM then SIGKILL, before it propagates: nothing is left writing into
+    `output`, which the caller removes. The child dies with this process, and its workers with it
+    (PR_SET_PDEATHSIG), so a SIGKILL of this process leaves nothing running either."""
+    import subprocess
+    import sys
+    import tempfile
+
+    fd, report_name = tempfile.mkstemp(prefix="training-hub-prepare-", suffix=".json")
+    os.close(fd)
+    report = Path(report_name)
+    job = {"spec": {k: str(v) if isinstance(v, Path) else v for k, v in spec.__dict__.items()},
+           "output": str(output), "num_cpu_procs": num_cpu_procs, "report": str(report)}
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "training_hub.backends.prepare", json.dumps(job)],
+                                 start_new_session=True)
+        try:
+            returncode = child.wait()
+        except BaseException:
+            _stop_process_group(child)
+            raise
+        try:
+            outcome = json.loads(report.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            outcome = {}
+    finally:
+        report.unlink(missing_ok=True)
+    if returncode == 0 and outcome.get("kind") == "done":
+        if not (output / DATA_FILE).is_file():
+            raise RuntimeError(f"instructlab-training's data processing wrote no {DATA_FILE} into {output}")
+        return
+    raise _error_of(outcome, returncode)
+
+
+def _stop_process_group(child: Any) -> None:
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, CHILD_STOP_GRACE_S), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            child.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The child is gone; its pool workers share its group: end any still running.
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+
+
+def _error_of(outcome: Mapping[str, Any], returncode: int) -> Exception:
+    """The child's failure as the exception the processing raised (so it is classified the same way)."""
+    kind = outcome.get("kind")
+    if kind == "parameter":
+        return ParameterError([str(problem) for problem in outcome.get("problems") or []])
+    if kind == "oserror" and outcome.get("errno") is not None:
+        return OSError(outcome["errno"], outcome.get("strerror") or "", outcome.get("filename"), None,
+                       outcome.get("filename2"))
+    if kind == "error":
+        return RuntimeError(f"data processing failed: {outcome.get('type')}: {outcome.get('message')}")
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+    return RuntimeError(f"the data processing process ended without a result ({how})")
+
+
+def _process_in_child(job: Mapping[str, Any]) -> int:
+    """The child's side of `_process`: run the processing, write what happened to the report file."""
+    _die_with_parent()
+    os.register_at_fork(after_in_child=_die_with_parent)  # the pool's workers die with this process in turn
+    spec_fields = dict(job["spec"])
+    for name in ("data_path", "data_output_dir"):
+        spec_fields[name] = Path(spec_fields[name])
+    spec = PrepareSpec(**spec_fields)
+    try:
+        _process_here(spec, Path(job["output"]), int(job["num_cpu_procs"]))
+        outcome: dict[str, Any] = {"kind": "done"}
+    except ParameterError as exc:
+        outcome = {"kind": "parameter", "problems": list(exc.problems)}
+    except OSError as exc:
+        import traceback
+
+        traceback.print_exc()
+        outcome = {"kind": "oserror", "errno": exc.errno, "strerror": exc.strerror or str(exc),
+                   "filename": exc.filename, "filename2": exc.filename2}
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        import traceback
+
+        traceback.print_exc()
+        outcome = {"kind": "error", "type": type(exc).__name__, "message": str(exc)[:2000]}
+    _write_json(Path(job["report"]), outcome)
+    return 0 if outcome["kind"] == "done" else 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (a killed entrypoint leaves no processing behind)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _process_here(spec: PrepareSpec, output: Path, num_cpu_procs: int) -> None:
     from instructlab.training import data_process
 
     environ = os.environ  # datasets' multi-process map replaces os.environ with a copy: put the real one back
@@ -403,8 +521,6 @@ def _process(spec: PrepareSpec, output: Path, num_cpu_procs: int) -> None:
         raise
     finally:
         os.environ = environ
-    if not (output / DATA_FILE).is_file():
-        raise RuntimeError(f"instructlab-training's data processing wrote no {DATA_FILE} into {output}")
 
 
 def _count_lines(path: Path) -> int:
@@ -506,3 +622,10 @@ def ensure_prepared(request: TrainRequest, *, timeout_s: float | None = None) ->
         return prepare(request)
     log.info("node rank %d: waiting for node rank 0 to prepare the data", request.distributed.node_rank)
     return wait_for_prepared_data(request, timeout_s=timeout_s)
+
+
+if __name__ == "__main__":  # the processing child of `_process`
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(_process_in_child(json.loads(sys.argv[1])))

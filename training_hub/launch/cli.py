@@ -428,6 +428,8 @@ def command_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         kwargs.pop("backend", None)
         try:
             prepared = prepare_data(force=args.force, **kwargs)
+        except Interrupted:
+            raise  # preempted, not failed (below)
         except Exception as exc:  # permanent (bad data, a path too long, a full volume) or retryable, as in training
             from training_hub.launch.trainer import STATUS_INVALID_CONFIG, classify_error, describe_error
 

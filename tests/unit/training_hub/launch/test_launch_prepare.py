@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
-from launch_helpers import clean_env, read_summary, run_cli, write_params
+from launch_helpers import clean_env, cli_command, read_summary, run_cli, write_params
 from training_hub.backends.prepare import MANIFEST_FILE
 from training_hub.testing import write_chat_dataset
 
@@ -64,3 +69,69 @@ def test_prepares_then_reuses_and_force_prepares_again(tiny_model, chat_data, tm
 
     forced = run_cli(["prepare", "--config", str(config), "--force", "--termination-log", str(summary)], timeout=400)
     assert forced.returncode == 0 and read_summary(summary)["reused"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("target", ["entrypoint", "process-group", "entrypoint-killed"])
+def test_a_signal_during_the_data_processing_stops_everything_at_once_and_writes_nothing(tiny_model, tmp_path, target):
+    """SIGTERM to the entrypoint (a pod's PID 1) or to its whole process group (a terminal, a supervisor) while
+    instructlab's multiprocessing pool runs: exit 143 (preempted) in seconds, no processing process left, no data
+    directory and no staging directory. Once seen: a pool worker raised the entrypoint's interrupt and the command
+    never exited. SIGKILL of the entrypoint: its processing child dies with it."""
+    data = write_chat_dataset(tmp_path / "train.jsonl", 4000, seed=1)
+    config = params(tiny_model, data, tmp_path, extraArgs={"data_process_num_cpu_procs": 2})
+    summary, log = tmp_path / "summary.json", tmp_path / "prepare.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(cli_command(["prepare", "--config", str(config), "--termination-log", str(summary)]),
+                                   env=dict(clean_env()), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "num_proc=2" not in log.read_text(errors="replace"):  # the pool is running
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)
+        assert process.poll() is None
+        children = _descendants(process.pid)
+        assert children, "the processing runs in child processes"
+        signalled = time.monotonic()
+        if target == "process-group":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGKILL if target == "entrypoint-killed" else signal.SIGTERM)
+        returncode = process.wait(60)
+        stopped = time.monotonic() - signalled
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], "processing processes left running"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    if target == "entrypoint-killed":
+        assert returncode == -signal.SIGKILL
+        assert not (tmp_path / "ckpt" / "data").exists()
+        return
+    assert returncode == 143, log.read_text()[-3000:]
+    assert stopped < 15, stopped
+    assert read_summary(summary) == {"outcome": "preempted", "message": "received SIGTERM while preparing the data"}
+    assert "Traceback" not in log.read_text(errors="replace")
+    assert not (tmp_path / "ckpt").exists() or list((tmp_path / "ckpt").iterdir()) == []  # no data, no staging
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split() if _alive(parent) else ():
+            found.append(int(child))
+            frontier.append(int(child))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
