@@ -540,7 +540,7 @@ def register(
         reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
         reconciler.sweeper = OrphanSweeper(
             reconciler.kube, reconciler.namespaces, quiet_interval=reconciler.settings.resync_seconds,
-            may_act=lambda: not reconciler.closing and reconciler.active(),
+            may_act=lambda: not reconciler.closing and reconciler.active() and (health is None or health.reachable),
             run_blocking=lambda call: asyncio.get_running_loop().run_in_executor(reconciler.executor, call),
         )
         reconciler._background.append(asyncio.ensure_future(reconciler.sweeper.run()))

@@ -69,6 +69,11 @@ class WatchHealth:
     served: dict[str, bool] = field(default_factory=lambda: {name: False for name in WATCHED})
     down_since: float | None = None
     failed_calls: int = 0
+    # Failures this soon after a recovery belong to the same outage (a restarted API server answers 503 "storage is
+    # (re)initializing" for a few seconds more): warned about, but no second "reachable again" line nor resync.
+    settle_seconds: float = 15.0
+    recovered_at: float | None = None
+    relapsed: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # calls come from the reconciler's worker threads and the event loop
@@ -78,6 +83,7 @@ class WatchHealth:
         with self._lock:
             if self.down_since is None:
                 self.down_since = self.clock()
+                self.relapsed = self.recovered_at is not None and self.down_since - self.recovered_at < self.settle_seconds
             self.failed_calls += 1
         log.warning("API call failed (%s): %s", what, error if isinstance(error, str) else describe_error(error))
 
@@ -87,8 +93,12 @@ class WatchHealth:
         with self._lock:
             if self.down_since is None:
                 return
-            seconds, calls = self.clock() - self.down_since, self.failed_calls
-            self.down_since, self.failed_calls = None, 0
+            seconds, calls, relapsed = self.clock() - self.down_since, self.failed_calls, self.relapsed
+            self.down_since, self.failed_calls, self.relapsed = None, 0, False
+            if not relapsed:
+                self.recovered_at = self.clock()
+        if relapsed:
+            return  # still settling after the recovery already announced
         log.info("API server reachable again after %.1f s (%d failed call(s))", seconds, calls)
         if self.on_recovered is not None:
             self.on_recovered()

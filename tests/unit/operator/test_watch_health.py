@@ -68,6 +68,34 @@ def test_outage_one_warning_per_failed_call_and_one_line_when_back(caplog):
     assert health.established("sftjobs") and health.problems() == []
 
 
+def test_failures_while_the_api_server_settles_after_a_recovery_are_the_same_outage(caplog):
+    """A restarted API server answers 503 ("storage is (re)initializing") for a few seconds after its first answer:
+    still one "reachable again" line and one resync per outage; a failure after the settling time is a new one."""
+    from kubernetes.client.rest import ApiException
+
+    clock, recovered = Clock(), []
+    health = WatchHealth(clock=clock, on_recovered=lambda: recovered.append(clock.now), settle_seconds=15)
+    caplog.set_level(logging.INFO, logger="sftjob_operator")
+    health.call_failed("GET /api", refused())
+    clock.now += 4
+    health.call_succeeded()
+    clock.now += 2
+    health.call_failed("GET /apis/training-hub.io/v1alpha1/namespaces/ns/sftjobs", ApiException(status=503, reason="Service Unavailable"))
+    assert not health.reachable
+    clock.now += 1
+    health.call_succeeded()
+    assert health.reachable and len(recovered) == 1
+    clock.now += 20
+    health.call_failed("GET /api", refused())
+    clock.now += 3
+    health.call_succeeded()
+    lines = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert lines == ["API server reachable again after 4.0 s (1 failed call(s))",
+                     "API server reachable again after 3.0 s (1 failed call(s))"]
+    assert len(recovered) == 2
+    assert sum("API call failed" in r.getMessage() for r in caplog.records) == 3  # every failed call still warned
+
+
 def test_probe_problems_name_the_resource_not_watched():
     health = WatchHealth()
     health.served.update(sftjobs=False, pods=True)
