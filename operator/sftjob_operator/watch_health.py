@@ -49,6 +49,15 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:300]
 
 
+def _answered(error: BaseException | str) -> bool:
+    """The API server answered (an HTTP error status), as opposed to a refused, reset or timed-out connection."""
+    from kubernetes.client.rest import ApiException
+
+    if isinstance(error, ApiException):
+        return bool(error.status)
+    return isinstance(error, str) and error.startswith(("APIServerError", "APITooManyRequestsError", "HTTP "))
+
+
 def is_connection_error(error: BaseException) -> bool:
     """The API server could not be reached or did not answer (an outage, never a bug in the operator)."""
     import urllib3
@@ -69,8 +78,9 @@ class WatchHealth:
     served: dict[str, bool] = field(default_factory=lambda: {name: False for name in WATCHED})
     down_since: float | None = None
     failed_calls: int = 0
-    # Failures this soon after a recovery belong to the same outage (a restarted API server answers 503 "storage is
-    # (re)initializing" for a few seconds more): warned about, but no second "reachable again" line nor resync.
+    # Answered failures (5xx, 429) this soon after a recovery belong to the same outage (a restarted API server
+    # answers 503 "storage is (re)initializing" for a few seconds more): warned about, but no second "reachable
+    # again" line nor resync. A refused or reset connection is a new outage, whenever it comes.
     settle_seconds: float = 15.0
     recovered_at: float | None = None
     relapsed: bool = False
@@ -80,10 +90,14 @@ class WatchHealth:
 
     def call_failed(self, what: str, error: BaseException | str) -> None:
         """One warning line per failing call (no traceback)."""
+        answered = _answered(error)
         with self._lock:
             if self.down_since is None:
                 self.down_since = self.clock()
-                self.relapsed = self.recovered_at is not None and self.down_since - self.recovered_at < self.settle_seconds
+                self.relapsed = (answered and self.recovered_at is not None
+                                 and self.down_since - self.recovered_at < self.settle_seconds)
+            elif self.relapsed and not answered:
+                self.relapsed = False  # unreachable again: a new outage, announced when it ends
             self.failed_calls += 1
         log.warning("API call failed (%s): %s", what, error if isinstance(error, str) else describe_error(error))
 

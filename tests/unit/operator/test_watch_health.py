@@ -85,15 +85,23 @@ def test_failures_while_the_api_server_settles_after_a_recovery_are_the_same_out
     clock.now += 1
     health.call_succeeded()
     assert health.reachable and len(recovered) == 1
-    clock.now += 20
-    health.call_failed("GET /api", refused())
+    health.call_failed("watch sftjobs, kopf attempt #3", "APITooManyRequestsError: storage is (re)initializing")
+    health.call_succeeded()
+    clock.now += 20  # after the settling time, even an answered failure is a new outage
+    health.call_failed("GET /api", ApiException(status=503, reason="Service Unavailable"))
     clock.now += 3
+    health.call_succeeded()
+    clock.now += 1  # within the settling time, a refused connection is a new outage (the API server restarted again)
+    health.call_failed("GET /api", ApiException(status=503, reason="Service Unavailable"))
+    health.call_failed("GET /api", refused())
+    clock.now += 2
     health.call_succeeded()
     lines = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
     assert lines == ["API server reachable again after 4.0 s (1 failed call(s))",
-                     "API server reachable again after 3.0 s (1 failed call(s))"]
-    assert len(recovered) == 2
-    assert sum("API call failed" in r.getMessage() for r in caplog.records) == 3  # every failed call still warned
+                     "API server reachable again after 3.0 s (1 failed call(s))",
+                     "API server reachable again after 2.0 s (2 failed call(s))"]
+    assert len(recovered) == 3
+    assert sum("API call failed" in r.getMessage() for r in caplog.records) == 6  # every failed call still warned
 
 
 def test_probe_problems_name_the_resource_not_watched():
