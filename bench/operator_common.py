@@ -80,9 +80,15 @@ def scrape(operator: OperatorProcess) -> str | None:
         return None
 
 
-def api_requests(operator: OperatorProcess) -> dict[str, float]:
+def api_requests(operator: OperatorProcess, *, by_resource: bool = False) -> dict[str, float]:
+    """The operator's API requests so far, by verb (or by "verb resource", e.g. "patch sftjobs/status")."""
     text = scrape(operator) or ""
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^sftjob_api_requests_total\{verb="(\w+)"\} ([0-9.e+]+)$', text, re.M)}
+    totals: dict[str, float] = {}
+    for m in re.finditer(r'^sftjob_api_requests_total\{([^}]*)\} ([0-9.e+]+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = f"{labels.get('verb')} {labels.get('resource')}" if by_resource else labels.get("verb", "")
+        totals[key] = totals.get(key, 0) + float(m.group(2))
+    return totals
 
 
 def rss_mib(pid: int) -> tuple[float, float]:

@@ -2,15 +2,20 @@
 
 Thin on purpose. Every trigger (an SFTJob event: create, update, resume after an operator restart; an event of
 one of its pods; a resync tick; a time-based requeue) goes through `JobReconciler.trigger`, which coalesces
-bursts (a gang start produces ~20 pod events) and runs at most one reconciliation per job at a time. One
-reconciliation: read the job's pods (+ Service/ConfigMap while the gang is being created, + rank 0's log tail
-when progress is due), call the pure `reconcile.reconcile`, patch the status (conditionally on the job's
-resourceVersion), then apply the actions, then post the events.
+bursts of pod events (a gang start produces ~20; a new job is reconciled at once) and runs at most one
+reconciliation per job at a time. One reconciliation: take the job's pods from the pod cache (pod_cache.py, fed by
+the pod watch; a LIST only when the cache cannot be trusted), call the pure `reconcile.reconcile`, patch the status
+(conditionally on the job's resourceVersion), then apply the actions (the pods of a gang concurrently), then post
+the events. No GET of the Service/ConfigMap it creates (a create answered 409 is read, then compared), no log read
+before rank 0 has run for a progress interval: a gang start costs its creates, one status patch and one event
+(docs/operator.md, "API requests per job start").
 
 Status is patched BEFORE actions: the status is the operator's memory (attempt, restarts), so a crash between
 the two must leave a state from which the next reconciliation redoes the actions, never one that forgets a
-counted failure. No finalizers: everything the operator creates carries an owner reference to the SFTJob, and the
-garbage collector deletes it with the job. The handlers never write to spec.
+counted failure. The one exception is a status that only says "creating" (creates only, no memory changed): it is
+left to the reconciliation that sees the created pods, since a crash in between forgets nothing. No finalizers:
+everything the operator creates carries an owner reference to the SFTJob, and the garbage collector deletes it with
+the job. The handlers never write to spec.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from sftjob_operator import reconcile as rc
 from sftjob_operator import status as st
 from sftjob_operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
 from sftjob_operator.orphans import OrphanSweeper
+from sftjob_operator.pod_cache import PodCache, newer as _newer
 from sftjob_operator.watch_health import WatchCollector, WatchHealth, is_connection_error
 from sftjob_operator.leader import KubeLeaseClient, LeaderElectionSettings, LeaderElector, NotLeader
 
@@ -88,16 +94,6 @@ def reconcile_policy_from_env(environ: Mapping[str, str] = os.environ) -> rc.Rec
     return rc.ReconcilePolicy(**values)
 
 
-def _newer(version: str | None, than: str | None) -> bool:
-    """Whether resourceVersion `version` is newer than `than`. Versions are etcd revisions (integers) on every
-    real API server; anything else is treated as newer, which is safe: the conditional status patch catches it."""
-    if not version or not than:
-        return True
-    if version.isdigit() and than.isdigit():
-        return int(version) > int(than)
-    return version != than
-
-
 def _api_message(error: ApiException) -> str:
     """The API server's own words (a Status object's message names the invalid field)."""
     import json
@@ -125,6 +121,12 @@ class _JobState:
     quiet: bool = False  # finished/suspended with nothing left to do: only events wake it (not the resync)
     refresh: bool = False  # read the job from the API instead of the cached body (resync: a missed DELETED)
     errors: int = 0  # failed reconciliations in a row (their retries back off)
+    # The pod cache's listing (PodCache.listings) from which this job's cached pods are complete; None: LIST first.
+    pods_trusted_since: int | None = None
+    # The Service/ConfigMap this process created (or found) for gang attempt `shared[0]`: (attempt, service exists,
+    # ConfigMap as found). Saves reading them back while a gang is being built.
+    shared: tuple[int, bool, dict[str, Any] | None] | None = None
+    progress_clock: tuple[str, float] | None = None  # (rank-0 pod uid, monotonic time its log was last due/read)
 
 
 @dataclass
@@ -141,7 +143,10 @@ class JobReconciler:
 
     def __post_init__(self) -> None:
         self.jobs: dict[JobKey, _JobState] = {}
+        self.pod_cache = PodCache()
         self.executor = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="reconcile")
+        # The pods of a gang are created concurrently, in threads of their own (a reconcile thread waits for them).
+        self.creators = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="create")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
         self._background: list[asyncio.Future] = []
@@ -158,6 +163,7 @@ class JobReconciler:
         for task in self._background:
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.creators.shutdown(wait=False, cancel_futures=True)
 
     def active(self) -> bool:
         return self.is_leader is None or self.is_leader()
@@ -167,6 +173,8 @@ class JobReconciler:
         log.info("leading: reconciling all %d known SFTJobs", len(self.jobs))
         for key, state in list(self.jobs.items()):
             state.quiet = False
+            state.pods_trusted_since = None  # LIST once: the old leader's writes may not all have reached our watch
+            state.shared = None
             self.trigger(key)
 
     def stand_by(self) -> None:
@@ -191,7 +199,13 @@ class JobReconciler:
                 state.handle.cancel()
             self._delete_gang_of_deleted(key, meta.get("uid"))
             return
-        state = self.jobs.setdefault(key, _JobState())
+        state = self.jobs.get(key)
+        if state is None:
+            state = self.jobs[key] = _JobState()
+            if event_type == "ADDED":
+                # Created while this process watches: every pod it will have, the pod watch delivers (or a create
+                # answers). A job found by a listing (type None) may have pods from before: its first look LISTs.
+                state.pods_trusted_since = self.pod_cache.listings
         version = meta.get("resourceVersion")
         if state.body is not None and not _newer(version, state.body["metadata"].get("resourceVersion")):
             return  # an old event (our own status patch already gave us a newer body) or the echo of our patch
@@ -232,11 +246,10 @@ class JobReconciler:
             if self.sweeper is not None:
                 self.sweeper.wake()
 
-    def pod_event(self, body: Mapping[str, Any]) -> None:
-        meta = body["metadata"]
-        job_name = (meta.get("labels") or {}).get(labels.JOB_NAME)
-        if job_name:
-            key = (meta["namespace"], job_name)
+    def pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A pod was listed (type None), added, modified or deleted: into the cache, then a (debounced) look."""
+        key = self.pod_cache.observe(event_type, body)
+        if key is not None:
             if key in self.jobs:
                 self.jobs[key].quiet = False
             self.trigger(key, delay=self.settings.debounce_seconds)
@@ -245,7 +258,7 @@ class JobReconciler:
         # Spread over a second so a resync of thousands of jobs is not one burst of LISTs.
         keys = [key for key, state in self.jobs.items() if not state.quiet]
         for key in keys:
-            self.jobs[key].refresh = True
+            self.jobs[key].refresh = True  # the job and its pods are read from the API server
         for index, key in enumerate(keys):
             self.trigger(key, delay=index / max(1, len(keys)))
 
@@ -255,11 +268,8 @@ class JobReconciler:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         state = self.jobs.setdefault(key, _JobState())
-        if state.running:
-            state.again = True
-            if delay > 0:
-                self._schedule(state, key, delay)
-            return
+        # While a reconciliation runs, the timer's run marks it `again` (run right after): a delayed trigger (pod
+        # events) stays delayed, so the echoes of a gang's own creates are one look, not one look each.
         self._schedule(state, key, delay)
 
     def _schedule(self, state: _JobState, key: JobKey, delay: float) -> None:
@@ -324,6 +334,7 @@ class JobReconciler:
         if job is None:
             state.refresh = False
             known_uid = (state.body or {}).get("metadata", {}).get("uid")
+            state.pods_trusted_since = None  # a resync reads the pods from the API server too
             job = self.kube.get_job(namespace, name)
             state.body = job
         if job is None:
@@ -355,10 +366,47 @@ class JobReconciler:
         for group in rc.unadmitted_groups(self.kube.list_job_pods(namespace, name)):
             self.kube.delete_workload(namespace, group)
 
-    def _reconcile_once(self, state: _JobState, job: dict[str, Any], rejection: "rc.Rejection | None" = None) -> float | None:
+    def _pods(self, state: _JobState, key: JobKey) -> tuple[list[dict[str, Any]], bool]:
+        """The job's pods (slim) and whether they were just LISTed; from the cache when it can be trusted."""
+        listing = self.pod_cache.listings
+        if state.pods_trusted_since == listing:
+            return self.pod_cache.pods(key), False
+        items, version = self.kube.list_job_pods_at(*key)
+        pods = self.pod_cache.replace(key, items, version)
+        state.pods_trusted_since = listing
+        return pods, True
+
+    def _shared_objects(self, state: _JobState, attempt: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(Service, ConfigMap) as this process created or found them for this gang attempt; None: create it (a
+        409 then says it exists, and the ConfigMap is read to compare)."""
+        if state.shared is None or state.shared[0] != attempt:
+            return None, None
+        return ({} if state.shared[1] else None), state.shared[2]
+
+    def _progress_log(self, state: _JobState, job: Mapping[str, Any], pods: list[dict[str, Any]]) -> str | None:
+        """Rank 0's log tail when a progress record can be due: not before it has run one progress interval, then
+        once per interval (a log read before training printed anything is a wasted request)."""
+        name = rc.progress_pod_name(job, pods)
+        pod = next((p for p in pods if p["metadata"]["name"] == name), None) if name else None
+        if pod is None:
+            state.progress_clock = None
+            return None
+        uid, now = pod["metadata"].get("uid", ""), time.monotonic()
+        if state.progress_clock is None or state.progress_clock[0] != uid:
+            state.progress_clock = (uid, now)  # first seen running: its first record is an interval away
+            return None
+        if now - state.progress_clock[1] < 0.9 * self.policy.progress_interval_seconds:  # timers fire a bit early
+            return None
+        state.progress_clock = (uid, now)
+        return self.kube.read_log_tail(job["metadata"]["namespace"], name)
+
+    def _reconcile_once(
+        self, state: _JobState, job: dict[str, Any], rejection: "rc.Rejection | None" = None, *, redone: bool = False
+    ) -> float | None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        key = (namespace, name)
         old_status = job.get("status") or {}
-        pods = self.kube.list_job_pods(namespace, name)
+        pods, listed = self._pods(state, key)
         service = configmap = {}
         attempt = int(old_status.get("attempt") or 0)
         gang_started = any(rc.pod_attempt(pod) == attempt and not labels.is_prepare_pod(pod) for pod in pods)
@@ -367,16 +415,12 @@ class JobReconciler:
             and not st.condition_is_true(old_status.get("conditions"), st.CREATED)
             and not gang_started
         )
-        # Read only before a gang's first pod is created: the Service and ConfigMap are created before the pods
+        # Needed only before a gang's first pod is created: the Service and ConfigMap are created before the pods
         # (and the ConfigMap must match the spec then); once a pod exists they are known to exist.
         if building:
-            service = self.kube.get_service(namespace, name)
-            configmap = self.kube.get_configmap(namespace, f"{name}-params")
+            service, configmap = self._shared_objects(state, attempt)
         now = self.clock()
-        log_tail = None
-        progress_pod = rc.progress_pod_name(job, pods)
-        if progress_pod:
-            log_tail = self.kube.read_log_tail(namespace, progress_pod)
+        log_tail = self._progress_log(state, job, pods)
         workload = None
         held = [pod for pod in pods if rc.pod_attempt(pod) == attempt and rc.kueue_gated(pod)]
         if held and old_status.get("phase") not in st.FINISHED_PHASES and rc.pod_group(held[0]):
@@ -384,9 +428,15 @@ class JobReconciler:
         observed = rc.Observed(pods=pods, service=service, configmap=configmap, rank0_log_tail=log_tail, rejection=rejection,
                                workload=workload)
         result = rc.reconcile(job, observed, now, self.config, self.policy)
+        if not listed and rc.decides_for_good(old_status, result):
+            # Restarting or ending a gang is not undone: decide it from a LIST, never from a cache a lost event
+            # left behind.
+            state.pods_trusted_since = None
+            return self._reconcile_once(state, job, rejection, redone=redone)
 
         patch = rc.status_patch(old_status, result.status)
-        if patch is not None:
+        deferred = patch is not None and rc.status_can_wait(old_status, result)
+        if patch is not None and not deferred:
             updated = self.kube.patch_job_status(namespace, name, patch, resource_version=job["metadata"].get("resourceVersion"))
             if updated is None:  # deleted meanwhile
                 return None
@@ -398,7 +448,11 @@ class JobReconciler:
         if result.restarted_for is not None and self.metrics is not None:
             failure = result.restarted_for
             self.metrics.restarts.labels(reason=failure.reason, counted=str(failure.counted).lower()).inc()
-        failed = self._apply(job, result.actions)
+        failed, configmap_differs = self._apply(state, job, attempt, result.actions)
+        if key not in self.jobs and any(isinstance(action, rc.CreateObject) for action in result.actions):
+            # The job was deleted while its objects were being created (no status write stood in between).
+            self.kube.delete_owned_pods(namespace, name, job["metadata"].get("uid"))
+            return None
         if failed is not None:
             action, error = failed
             rejection = rc.Rejection.of(action, error.status, _api_message(error)) if isinstance(error, ApiException) else None
@@ -407,6 +461,9 @@ class JobReconciler:
                 return self._reconcile_once(state, job, rejection=rejection)
             self._record_action_error(state, job, action, error)
             return self._retry_delay(state)
+        if configmap_differs and not redone:
+            # The ConfigMap existed with other data (parameters changed between gangs): decide again with it.
+            return self._reconcile_once(state, job, rejection, redone=True)
         state.errors = 0
         for action in result.actions:
             if isinstance(action, rc.DeleteJob):
@@ -416,18 +473,61 @@ class JobReconciler:
             and result.requeue_after is None
             and result.status.get("phase") in (*st.FINISHED_PHASES, st.SUSPENDED)
         )
+        if deferred:
+            # The look that writes the status: when the creates' watch events arrive (they usually come first and
+            # coalesce with it), and at the latest after the debounce.
+            return min(result.requeue_after or self.settings.debounce_seconds, self.settings.debounce_seconds)
         return result.requeue_after
 
-    def _apply(self, job: Mapping[str, Any], actions: list[rc.Action]) -> tuple[rc.Action, Exception] | None:
+    def _apply(
+        self, state: _JobState, job: Mapping[str, Any], attempt: int, actions: list[rc.Action]
+    ) -> tuple[tuple[rc.Action, Exception] | None, bool]:
+        """Apply the actions in order; consecutive creates of pods run concurrently (as do the Service's and the
+        ConfigMap's). Returns (the first failure, whether an existing ConfigMap differs from the rendered one);
+        a failure stops the actions after its batch."""
         namespace = job["metadata"]["namespace"]
-        for action in actions:
+        index = 0
+        while index < len(actions):
+            action = actions[index]
+            if isinstance(action, rc.CreateObject):
+                tier = action.kind == "Pod"
+                batch = [action]
+                while index + len(batch) < len(actions):
+                    following = actions[index + len(batch)]
+                    if not isinstance(following, rc.CreateObject) or (following.kind == "Pod") != tier:
+                        break
+                    batch.append(following)
+                index += len(batch)
+                if len(batch) == 1:
+                    outcomes = [self._create(namespace, batch[0])]
+                else:
+                    outcomes = list(self.creators.map(lambda create: self._create(namespace, create), batch))
+                failures = [(create, outcome) for create, outcome in zip(batch, outcomes) if isinstance(outcome, Exception)]
+                for create, outcome in zip(batch, outcomes):
+                    if not isinstance(outcome, Exception):
+                        self._created(state, attempt, namespace, create, outcome)
+                if failures:
+                    if self.metrics is not None:
+                        for create, _ in failures:
+                            self.metrics.reconcile_errors.labels(kind="CreateObject").inc()
+                    # A permanent rejection decides the job's fate: report it before a transient error.
+                    permanent = [f for f in failures if isinstance(f[1], ApiException) and rc.Rejection.of(f[0], f[1].status, "")]
+                    return (permanent or failures)[0], False
+                if any(create.kind == "ConfigMap" and outcome is None for create, outcome in zip(batch, outcomes)):
+                    found = (state.shared or (attempt, False, None))[2] or {}
+                    desired = next(create for create in batch if create.kind == "ConfigMap").body.get("data") or {}
+                    if dict(found.get("data") or {}) != dict(desired):
+                        return None, True
+                continue
+            index += 1
             try:
-                if isinstance(action, rc.CreateObject):
-                    self.kube.create(namespace, action.body)
-                elif isinstance(action, rc.ReplaceConfigMapData):
-                    self.kube.replace_configmap_data(namespace, action.name, action.data)
+                if isinstance(action, rc.ReplaceConfigMapData):
+                    shared = state.shared if state.shared is not None and state.shared[0] == attempt else None
+                    self.kube.replace_configmap_data(namespace, action.name, action.data, current=shared[2] if shared else None)
+                    state.shared = (attempt, bool(shared and shared[1]), {"data": dict(action.data)})
                 elif isinstance(action, rc.DeletePod):
-                    self.kube.delete_pod(namespace, action.name, action.uid, force=action.force)
+                    if not self.kube.delete_pod(namespace, action.name, action.uid, force=action.force):
+                        self.pod_cache.gone(namespace, job["metadata"]["name"], action.name, action.uid)
                 elif isinstance(action, rc.DeleteJob):
                     self.kube.delete_job(namespace, action.name, action.uid)
                 elif isinstance(action, rc.DeleteWorkload):
@@ -435,8 +535,32 @@ class JobReconciler:
             except ApiException as error:
                 if self.metrics is not None:
                     self.metrics.reconcile_errors.labels(kind=type(action).__name__).inc()
-                return action, error
-        return None
+                return (action, error), False
+        return None, False
+
+    def _create(self, namespace: str, action: rc.CreateObject) -> dict[str, Any] | None | Exception:
+        """One create: the created object, None when it existed (409), or the error (raised in a creator thread, it
+        is handled by the reconcile thread like a sequential one)."""
+        try:
+            return self.kube.create(namespace, action.body)
+        except Exception as error:  # noqa: BLE001 - handed back to _apply, which reports or re-raises it
+            return error
+
+    def _created(self, state: _JobState, attempt: int, namespace: str, action: rc.CreateObject, created: dict[str, Any] | None) -> None:
+        """Remember what a create found: the pod (into the cache, before its watch event), the Service and ConfigMap
+        (for this gang attempt); a pod that already existed means the cache missed it: LIST next time."""
+        known = state.shared if state.shared is not None and state.shared[0] == attempt else (attempt, False, None)
+        if action.kind == "Pod":
+            if created is not None:
+                self.pod_cache.put(created)
+            else:
+                state.pods_trusted_since = None
+        elif action.kind == "Service":
+            state.shared = (attempt, True, known[2])
+        elif action.kind == "ConfigMap":
+            if created is None:
+                created = self.kube.get_configmap(namespace, action.name)  # exists: compared by _apply
+            state.shared = (attempt, known[1], {"data": dict((created or {}).get("data") or {})} if created is not None else None)
 
     def _record_action_error(self, state: _JobState, job: Mapping[str, Any], action: rc.Action, error: Exception) -> None:
         """A failed create/delete becomes a visible condition (never a silent stall), then a retry."""
@@ -542,6 +666,7 @@ def register(
             reconciler.kube, reconciler.namespaces, quiet_interval=reconciler.settings.resync_seconds,
             may_act=lambda: not reconciler.closing and reconciler.active() and (health is None or health.reachable),
             run_blocking=lambda call: asyncio.get_running_loop().run_in_executor(reconciler.executor, call),
+            pods_in=reconciler.pod_cache.pods_in,  # pods read first (safety: orphans.py), from the pod watch
         )
         reconciler._background.append(asyncio.ensure_future(reconciler.sweeper.run()))
         if elector is not None:
@@ -571,7 +696,7 @@ def register(
     async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
         body = event.get("object")
         if body:
-            reconciler.pod_event(body)
+            reconciler.pod_event(event.get("type"), body)
 
     @kopf.on.probe(id="jobs", registry=registry)
     def jobs_known(**_: Any) -> int:
@@ -711,8 +836,8 @@ def run_operator(
 def _count_api_requests(kube: Kube, metrics: Any) -> None:
     original_add = kube.counter.add
 
-    def add(verb: str) -> None:
-        original_add(verb)
-        metrics.api_requests.labels(verb=verb).inc()
+    def add(verb: str, resource: str) -> None:
+        original_add(verb, resource)
+        metrics.api_requests.labels(verb=verb, resource=resource).inc()
 
     kube.counter.add = add  # type: ignore[method-assign]

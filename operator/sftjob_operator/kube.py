@@ -32,19 +32,42 @@ class Conflict(Exception):
 
 
 class RequestCounter:
-    """Counts API requests by verb (for the `API requests per job start` benchmark and the metrics)."""
+    """Counts API requests by verb and resource (`sftjob_api_requests_total`, the `API requests per job start`
+    benchmark and test). Verbs and resources are the API server's own (as its audit log names them): a log read is
+    `get pods/log`, a status patch `patch sftjobs/status`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.by_verb: dict[str, int] = {}
+        self.by_verb_resource: dict[tuple[str, str], int] = {}
 
-    def add(self, verb: str) -> None:
+    def add(self, verb: str, resource: str) -> None:
         with self._lock:
-            self.by_verb[verb] = self.by_verb.get(verb, 0) + 1
+            self.by_verb_resource[verb, resource] = self.by_verb_resource.get((verb, resource), 0) + 1
+
+    @property
+    def by_verb(self) -> dict[str, int]:
+        with self._lock:
+            totals: dict[str, int] = {}
+            for (verb, _), count in self.by_verb_resource.items():
+                totals[verb] = totals.get(verb, 0) + count
+            return totals
 
     @property
     def total(self) -> int:
-        return sum(self.by_verb.values())
+        with self._lock:
+            return sum(self.by_verb_resource.values())
+
+
+def resource_of(path: str) -> str:
+    """The resource (and subresource) an API path addresses, as the audit log names it: `pods`, `pods/log`,
+    `sftjobs/status`; `discovery` for a group's resource list."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    if not rest:
+        return "discovery"
+    return f"{rest[0]}/{rest[2]}" if len(rest) >= 3 else rest[0]
 
 
 def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 32) -> client.ApiClient:
@@ -102,7 +125,7 @@ class Kube:
         )
         if gated and method != "GET" and self.write_guard is not None:
             self.write_guard()  # last thing before the request leaves: the leader's validity is checked now
-        self.counter.add(verb)
+        self.counter.add(verb, resource_of(path))
         try:
             response = self.api_client.call_api(
                 method_, url, header_params=headers, body=serialized, _request_timeout=timeout or self.timeout
@@ -135,11 +158,15 @@ class Kube:
         return any(item.get("name") == PLURAL for item in (found or {}).get("resources") or ())
 
     def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        return self.list_job_pods_at(namespace, job_name)[0]
+
+    def list_job_pods_at(self, namespace: str, job_name: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The job's pods and the list's resourceVersion (what the pod cache replaces its entries with)."""
         result = self.request(
             "list", "GET", f"/api/v1/namespaces/{namespace}/pods",
             query=[("labelSelector", labels.job_selector_string(job_name))],
         )
-        return result.get("items", [])
+        return result.get("items", []), (result.get("metadata") or {}).get("resourceVersion")
 
     def list_managed_pods(self, namespace: str | None) -> list[dict[str, Any]]:
         """Every pod the operator made in a namespace (None: in every namespace)."""
@@ -181,7 +208,7 @@ class Kube:
         """The last lines of a pod's log, or None when the log cannot be read (yet)."""
         try:
             return self.request(
-                "log", "GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log",
+                "get", "GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log",
                 query=[("tailLines", lines), ("limitBytes", limit_bytes)], raw=True,
             )
         except ApiException as error:
@@ -192,22 +219,25 @@ class Kube:
 
     _COLLECTIONS = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
 
-    def create(self, namespace: str, body: Mapping[str, Any]) -> bool:
-        """Create a Pod, Service or ConfigMap. False when it already existed (409)."""
+    def create(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create a Pod, Service or ConfigMap: the created object, or None when one of that name existed (409)."""
         collection = self._COLLECTIONS.get(body.get("kind", ""))
         if collection is None:
             raise ValueError(f"kube.create: unsupported kind {body.get('kind')!r} (Pod, Service, ConfigMap)")
         try:
-            self.request("create", "POST", f"/api/v1/namespaces/{namespace}/{collection}", body=dict(body))
-            return True
+            return self.request("create", "POST", f"/api/v1/namespaces/{namespace}/{collection}", body=dict(body))
         except ApiException as error:
             if error.status == 409:
-                return False
+                return None
             raise
 
-    def replace_configmap_data(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+    def replace_configmap_data(
+        self, namespace: str, name: str, data: Mapping[str, str], current: Mapping[str, Any] | None = None
+    ) -> None:
+        """Make the ConfigMap's data `data` (`current`: the ConfigMap as just read, else it is read first)."""
         # A merge patch replaces `data` keys; keys that disappeared are set to null explicitly.
-        current = self.get_configmap(namespace, name) or {}
+        if current is None:
+            current = self.get_configmap(namespace, name) or {}
         patch_data: dict[str, Any] = dict(data)
         for key in current.get("data") or {}:
             patch_data.setdefault(key, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -47,7 +47,10 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.api_requests = Counter(
-            "sftjob_api_requests_total", "Kubernetes API requests made by the reconciler", ["verb"], registry=self.registry
+            "sftjob_api_requests_total",
+            "Kubernetes API requests made by the operator (not its watches), by the API server's verb and resource",
+            ["verb", "resource"],
+            registry=self.registry,
         )
 
         self.leader = Gauge(
@@ -56,11 +59,6 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.leader.set(1)
-
-    def record_api_requests(self, by_verb: Mapping[str, int]) -> None:
-        for verb, count in by_verb.items():
-            if count:
-                self.api_requests.labels(verb=verb).inc(count)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)

@@ -52,10 +52,11 @@ def orphaned_pods(pods: Iterable[Mapping[str, Any]], live_job_uids: set[str]) ->
     ]
 
 
-def sweep(kube: Any, namespace: str | None) -> int:
+def sweep(kube: Any, namespace: str | None, pods_in: Any = None) -> int:
     """Delete the orphaned pods of one namespace (None: every namespace). Returns how many deletions were accepted.
-    Two LISTs when the operator has pods there, one when it has none."""
-    pods = kube.list_managed_pods(namespace)
+    The pods come from `pods_in(namespace)` (the operator's pod cache: no LIST) or a LIST; then one LIST of the
+    SFTJobs when the operator has pods there."""
+    pods = pods_in(namespace) if pods_in is not None else kube.list_managed_pods(namespace)
     if not any(job_owner_uid(pod) for pod in pods):
         return 0
     live = kube.list_job_uids(namespace)  # after the pods: a job that still owns a listed pod is in here
@@ -75,11 +76,12 @@ class OrphanSweeper:
     server is back). Runs the sweeps on the reconciler's worker threads; only while `may_act()` (the leader)."""
 
     def __init__(self, kube: Any, namespaces: Iterable[str], *, quiet_interval: float, may_act: Any,
-                 run_blocking: Any) -> None:
+                 run_blocking: Any, pods_in: Any = None) -> None:
         import asyncio
 
         self.kube, self.namespaces = kube, tuple(namespaces) or (None,)
         self.quiet_interval, self.may_act, self.run_blocking = quiet_interval, may_act, run_blocking
+        self.pods_in = pods_in  # the pods the pod watch knows (handlers: PodCache.pods_in); None: LIST them
         self._woken = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
@@ -111,7 +113,7 @@ class OrphanSweeper:
         deleted = 0
         for namespace in self.namespaces:
             try:
-                deleted += sweep(self.kube, namespace)
+                deleted += sweep(self.kube, namespace, self.pods_in)
             except Exception as error:  # noqa: BLE001 - the next sweep (and the garbage collector) remain
                 if is_connection_error(error):
                     continue  # the failing call already logged its one line

@@ -898,8 +898,7 @@ class _Reconciler:
             return
         # Ranks that already finished successfully wait for the others: the gang still runs.
         if all(_phase(pod) in ("Running", "Succeeded") for pod in current.values()):
-            if self.status.get("phase") != "Running":
-                self._event("Normal", "Running", f"all {len(current)} pod(s) of gang attempt {self.attempt} are running")
+            # No event: a gang start posts one (GangCreated); Running is the phase and its condition's transition.
             self._set_phase("Running")
             self._condition(st.RUNNING, True, "AllPodsRunning", f"all {len(current)} pod(s) of gang attempt {self.attempt} are running")
             self._update_progress()
@@ -995,6 +994,39 @@ class _Reconciler:
             return  # unchanged: keep updatedAt (when it last moved) and write nothing
         self.status["progress"] = progress
         self.status["progressText"] = st.progress_text(progress)
+
+
+# What the status remembers (the operator's memory: a crash must never lose it) as opposed to what it reports.
+_MEMORY = ("attempt", "restarts", "lastFailure", "startTime", "completionTime", "unschedulableSince", "summary", "progress")
+
+
+def _remembered(status: Mapping[str, Any], key: str) -> Any:
+    value = status.get(key)
+    return int(value or 0) if key in ("attempt", "restarts") else value
+
+
+def status_can_wait(old: Mapping[str, Any] | None, result: Result) -> bool:
+    """Whether the new status may be written after the actions instead of before: only when the actions are creates
+    and the status merely reports them ("creating"), remembering nothing new and announcing nothing. The look that
+    sees the created objects writes the status then (one patch per gang start instead of two); a crash in between
+    loses nothing, since that look redoes the decision from what exists."""
+    old = old or {}
+    if not result.actions or result.events or not all(isinstance(action, CreateObject) for action in result.actions):
+        return False
+    if result.status.get("phase") in st.FINISHED_PHASES or (old.get("phase") and old["phase"] != result.status.get("phase")):
+        return False
+    return all(_remembered(old, key) == _remembered(result.status, key) for key in _MEMORY)
+
+
+def decides_for_good(old: Mapping[str, Any] | None, result: Result) -> bool:
+    """Whether the result restarts or ends the gang (a new attempt, a counted restart, a finished job): decisions
+    the handler takes only from pods it has just LISTed, never from a cache that a lost watch event left stale."""
+    old = old or {}
+    return (
+        result.restarted_for is not None
+        or any(_remembered(old, key) != _remembered(result.status, key) for key in ("attempt", "restarts"))
+        or (result.status.get("phase") in st.FINISHED_PHASES and old.get("phase") not in st.FINISHED_PHASES)
+    )
 
 
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -355,8 +355,8 @@ def test_a_standby_caches_jobs_but_reconciles_only_after_taking_over():
         reconciler._loop = asyncio.get_running_loop()
         reconciler.job_event("ADDED", _job("a"))
         reconciler.job_event("ADDED", _job("b"))
-        reconciler.pod_event({"metadata": {"namespace": "ns", "name": "a-node-0",
-                                           "labels": {"training-hub.io/job-name": "a"}}})
+        reconciler.pod_event("ADDED", {"metadata": {"namespace": "ns", "name": "a-node-0",
+                                                    "labels": {"training-hub.io/job-name": "a"}}})
         reconciler.resync_all()
         reconciler.job_event("ADDED", _job("gone"))
         reconciler.job_event("DELETED", {"metadata": {**_job("gone")["metadata"], "uid": "u-1"}})
