@@ -164,9 +164,15 @@ class PodCache:
                 del pods[pod_name]
 
     def replace(self, key: JobKey, pods: Iterable[Mapping[str, Any]], resource_version: str | None) -> list[dict[str, Any]]:
-        """A LIST of the job's pods (at `resource_version`) replaces what was known. Returns the slim pods."""
+        """A LIST of the job's pods (at `resource_version`) replaces what was known, except entries newer than the
+        LIST (a create's answer or a watch event that overtook it). Returns the slim pods."""
         slim = {pod["metadata"]["name"]: slim_pod(pod) for pod in pods}
         with self._lock:
+            for name, known in (self._pods.get(key) or {}).items():
+                listed = slim.get(name)
+                than = listed["metadata"].get("resourceVersion") if listed is not None else resource_version
+                if than and newer(known["metadata"].get("resourceVersion"), than):
+                    slim[name] = known
             if slim:
                 self._pods[key] = slim
             else:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from prometheus_client import generate_latest
 
 from sftjob_operator.handlers import RuntimeSettings, _newer, reconcile_policy_from_env
 from sftjob_operator.metrics import OperatorMetrics
+from sftjob_operator import reconcile as rc
 
 
 def test_timings_come_from_the_environment():
@@ -53,3 +57,149 @@ def test_jobs_by_phase_are_counted_at_scrape_time():
     text = generate_latest(metrics.registry).decode()
     assert 'sftjob_gang_restarts_total{counted="true",reason="OOMKilled"} 1.0' in text
     assert "sftjob_reconcile_duration_seconds_count 1.0" in text
+
+
+# --- one reconciliation's API requests (handlers.JobReconciler with an API that records what it is asked) --------
+
+
+class RecordingKube:
+    """Answers as the API server would for one namespace, and records every request as (verb, resource)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.objects: dict[tuple[str, str], dict] = {}  # (kind, name) -> object
+        self.version = 100
+
+    def _stamp(self, body: dict) -> dict:
+        self.version += 1
+        body = json.loads(json.dumps(body))
+        body["metadata"].update(namespace="ns", resourceVersion=str(self.version), uid=f"uid-{self.version}")
+        return body
+
+    def create(self, namespace, body):
+        self.requests.append(("create", body["kind"]))
+        key = (body["kind"], body["metadata"]["name"])
+        if key in self.objects:
+            return None
+        self.objects[key] = self._stamp(body)
+        return self.objects[key]
+
+    def list_job_pods_at(self, namespace, job_name):
+        self.requests.append(("list", "Pod"))
+        return [o for (kind, _), o in self.objects.items() if kind == "Pod"], str(self.version)
+
+    def get_configmap(self, namespace, name):
+        self.requests.append(("get", "ConfigMap"))
+        return self.objects.get(("ConfigMap", name))
+
+    def replace_configmap_data(self, namespace, name, data, current=None):
+        if current is None:
+            self.requests.append(("get", "ConfigMap"))
+        self.requests.append(("patch", "ConfigMap"))
+        self.objects[("ConfigMap", name)]["data"] = dict(data)
+
+    def patch_job_status(self, namespace, name, patch, resource_version):
+        self.requests.append(("patch", "SFTJob/status"))
+        job = self.objects[("SFTJob", name)]
+        job["status"] = {**job.get("status", {}), **{k: v for k, v in patch.items() if v is not None}}
+        job["metadata"]["resourceVersion"] = str(self.version + 1)
+        self.version += 1
+        return json.loads(json.dumps(job))
+
+    def post_event(self, job, type_, reason, message, *, component):
+        self.requests.append(("create", f"Event {reason}"))
+
+    def read_log_tail(self, namespace, pod_name):
+        self.requests.append(("get", "Pod/log"))
+        return None
+
+
+def _reconciler(kube: RecordingKube):
+    from sftjob_operator.config import OperatorConfig
+    from sftjob_operator.handlers import JobReconciler
+    job = {"apiVersion": "training-hub.io/v1alpha1", "kind": "SFTJob",
+           "metadata": {"name": "train", "namespace": "ns", "uid": "job-uid", "generation": 1},
+           "spec": {"nnodes": 4, "nprocPerNode": 8, "prepare": {"enabled": False},
+                    "training": {"modelPath": "/m", "dataPath": "/d.jsonl", "ckptOutputDir": "/c", "numEpochs": 1,
+                                 "effectiveBatchSize": 8, "learningRate": 1e-5, "maxSeqLen": 512}}}
+    kube.objects[("SFTJob", "train")] = kube._stamp(job)
+    reconciler = JobReconciler(kube=kube, config=OperatorConfig(), settings=RuntimeSettings(workers=4))
+    return reconciler
+
+
+def _run(reconciler, pod_events=()):
+    """Feed the watch events, then reconcile the job once (its body as the watch last delivered it)."""
+    for event_type, pod in pod_events:
+        reconciler.pod_cache.observe(event_type, pod)
+    return reconciler.reconcile_now(("ns", "train"))
+
+
+def test_a_gang_start_is_six_concurrent_creates_then_one_status_write_and_one_event():
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    from sftjob_operator.handlers import _JobState
+
+    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    state.pods_trusted_since = reconciler.pod_cache.listings  # created while watched (an ADDED event)
+    requeue = reconciler.reconcile_now(("ns", "train"))
+    assert sorted(kube.requests) == sorted([("create", "Service"), ("create", "ConfigMap")] + [("create", "Pod")] * 4)
+    assert requeue == reconciler.settings.debounce_seconds  # the look that writes the status comes next
+    kube.requests.clear()
+    running = []
+    for (kind, _), pod in list(kube.objects.items()):
+        if kind == "Pod":
+            pod = json.loads(json.dumps(pod))
+            pod["spec"]["nodeName"] = "gpu-1"
+            pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 50)
+            running.append(("MODIFIED", pod))
+    _run(reconciler, running)
+    assert kube.requests == [("patch", "SFTJob/status"), ("create", "Event GangCreated")]
+    assert state.body["status"]["phase"] == "Running"
+    kube.requests.clear()
+    _run(reconciler)  # nothing changed: nothing to say, no log read before rank 0 ran a progress interval
+    assert kube.requests == []
+    reconciler.policy = rc.ReconcilePolicy(progress_interval_seconds=0.05)
+    time.sleep(0.06)
+    _run(reconciler)  # an interval later: rank 0's log, once per interval
+    _run(reconciler)
+    assert kube.requests == [("get", "Pod/log")]
+    reconciler.close()
+
+
+def test_a_restart_decided_from_the_cache_is_checked_with_a_list_first():
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    from sftjob_operator.handlers import _JobState
+
+    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    state.pods_trusted_since = reconciler.pod_cache.listings
+    reconciler.reconcile_now(("ns", "train"))
+    _run(reconciler)  # Created=True from the pods the creates answered
+    assert state.body["status"]["conditions"]
+    # The cache lost rank 3 (say, its DELETED came for an older pod of that name): the gang looks broken ...
+    pods = reconciler.pod_cache._pods[("ns", "train")]
+    del pods["train-node-3"]
+    kube.requests.clear()
+    _run(reconciler)
+    # ... but a LIST shows all four: no restart, no delete, nothing written.
+    assert kube.requests == [("list", "Pod")]
+    assert state.body["status"].get("attempt", 0) == 0 and len(reconciler.pod_cache.pods(("ns", "train"))) == 4
+    reconciler.close()
+
+
+def test_an_existing_configmap_with_other_data_is_replaced_before_the_pods_are_created():
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    from sftjob_operator.handlers import _JobState
+
+    kube.objects[("ConfigMap", "train-params")] = kube._stamp(
+        {"kind": "ConfigMap", "metadata": {"name": "train-params"}, "data": {"params.json": "{}"}})
+    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    state.pods_trusted_since = reconciler.pod_cache.listings
+    reconciler.reconcile_now(("ns", "train"))
+    assert kube.requests[:2] in ([("create", "Service"), ("create", "ConfigMap")], [("create", "ConfigMap"), ("create", "Service")])
+    # Read once (its create said it exists), decided again: status first (not only "creating" now), data, pods.
+    assert kube.requests[2:] == [("get", "ConfigMap"), ("patch", "SFTJob/status"), ("patch", "ConfigMap")] + [("create", "Pod")] * 4
+    assert kube.objects[("ConfigMap", "train-params")]["data"] != {"params.json": "{}"}
+    reconciler.close()

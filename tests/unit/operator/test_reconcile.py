@@ -1223,3 +1223,37 @@ def test_under_kueue_preparing_does_not_start_the_deadline_clock_admission_does(
     assert created.status["phase"] == "Preparing" and "startTime" not in created.status
     plain = run(make_job(1, prepare={"enabled": True}, activeDeadlineSeconds=60), service=None, configmap=MISSING)
     assert plain.status["startTime"] == st.format_time(NOW), "without a queue, preparing is the start"
+
+
+# --- what the handler may defer or must verify (handlers.JobReconciler._reconcile_once) ---------------------------
+
+
+def test_a_status_that_only_says_creating_can_wait_for_the_look_that_sees_the_pods():
+    first = run(make_job(4), service=None, configmap=MISSING)
+    assert [a.kind for a in first.actions] == ["Service", "ConfigMap", "Pod", "Pod", "Pod", "Pod"]
+    assert rc.status_can_wait({}, first)
+    # The look that sees the pods writes the status (Created, Running) and the start's one event.
+    seen = run(make_job(4), gang())
+    assert not seen.actions and seen.status["phase"] == "Running"
+    assert condition(seen.status, "Created")["status"] == "True" and event_reasons(seen) == ["GangCreated"]
+
+
+def test_a_status_that_remembers_something_is_written_before_the_actions():
+    # A restart: the new attempt must be written before the old gang is deleted.
+    job = running_job()
+    restart = run(job, [make_pod(0, exit_code=1, phase="Failed"), *gang()[1:]])
+    assert restart.status["attempt"] == 1 and not rc.status_can_wait(job["status"], restart)
+    # Re-creating the gang of a resumed job announces it (event) and changes the phase: written first too.
+    suspended = applied(make_job(4), run(make_job(4, suspend=True)))
+    resumed = run(suspended, service=None, configmap=MISSING)
+    assert any(isinstance(a, rc.CreateObject) for a in resumed.actions)
+    assert not rc.status_can_wait(suspended["status"], resumed)
+
+
+def test_restarts_and_endings_are_decisions_for_good_a_pending_gang_is_not():
+    job = running_job()
+    assert rc.decides_for_good(job["status"], run(job, [make_pod(0, exit_code=1, phase="Failed"), *gang()[1:]]))
+    assert rc.decides_for_good(job["status"], run(job, gang()[:3]))  # a pod vanished: restart
+    assert rc.decides_for_good(job["status"], run(job, gang(phase="Succeeded", exit_code=0)))
+    assert not rc.decides_for_good(job["status"], run(job, gang()))
+    assert not rc.decides_for_good({}, run(make_job(4), service=None, configmap=MISSING))
