@@ -151,6 +151,8 @@ class JobReconciler:
         self.closing = False
         self._background: list[asyncio.Future] = []
         self.sweeper: OrphanSweeper | None = None  # started with the event loop (register.configure)
+        self._jobs_streaming = False  # the SFTJob watch delivered live events since its last listing
+        self._relist_resync: asyncio.TimerHandle | None = None
 
     # --- triggers (event loop) ---------------------------------------------------------------------------------
 
@@ -193,6 +195,9 @@ class JobReconciler:
         """An SFTJob was listed, added, modified (spec, status, metadata) or deleted."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        if event_type is None and self._jobs_streaming:
+            self._watch_relisted()  # a job deleted in the gap sends no DELETED: look at every job
+        self._jobs_streaming = event_type is not None
         if event_type == "DELETED":
             state = self.jobs.pop(key, None)
             if state and state.handle:
@@ -238,6 +243,19 @@ class JobReconciler:
 
         loop.run_in_executor(self.executor, delete)
 
+    def _watch_relisted(self) -> None:
+        """kopf lists again after a broken watch or a 410 Gone: what was deleted in the gap sent no event. Resync
+        every job once the listing is through (a second: resync_all spreads its reads over one)."""
+        if self.closing or self._relist_resync is not None:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+
+        def resync() -> None:
+            self._relist_resync = None
+            self.resync_all()
+
+        self._relist_resync = loop.call_later(1.0, resync)
+
     def resync_soon(self) -> None:
         """Thread-safe: reconcile every job now, and sweep the pods of jobs deleted meanwhile (the API server is
         back after an outage: a job deleted before kopf's watch re-lists yields no DELETED event)."""
@@ -248,7 +266,10 @@ class JobReconciler:
 
     def pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A pod was listed (type None), added, modified or deleted: into the cache, then a (debounced) look."""
+        listings = self.pod_cache.listings
         key = self.pod_cache.observe(event_type, body)
+        if self.pod_cache.listings != listings:
+            self._watch_relisted()  # every job LISTs its pods on its next look; a job whose pods all went, too
         if key is not None:
             if key in self.jobs:
                 self.jobs[key].quiet = False
