@@ -1,10 +1,13 @@
 """Operator memory with many SFTJobs present: RSS of `sftjob-operator run` with 0 and with N (default 1,000) SFTJobs.
 
-    .venv/bin/python bench/operator_memory.py [--jobs 1000] [--running 0]
+    .venv/bin/python bench/operator_memory.py [--jobs 1000] [--running 0] [--nnodes 2]
+
+    # the scale run: 1,000 SFTJobs x 8 nodes = 8,000 pods on 80 fake nodes (minutes)
+    .venv/bin/python bench/operator_memory.py --jobs 1000 --running 1000 --nnodes 8
 
 The jobs are created suspended (no pods: 1,000 gangs would be 4,000 pods), so the figure is the operator's own
 per-job cost: kopf's watch and per-object state, the reconciler's cached body, its timers. `--running K` also lets
-K of them run 2-node gangs (their pods are watched too). Every job is reconciled (status.phase set) before RSS
+K of them run gangs of --nnodes pods (their pods are watched and cached too). Every job is reconciled (status.phase set) before RSS
 is read. Also prints how long the operator took to give all N jobs a status.
 """
 
@@ -32,13 +35,15 @@ def _phases(cluster, namespace: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--running", type=int, default=0, help="how many of the jobs run (2-node gangs)")
+    parser.add_argument("--running", type=int, default=0, help="how many of the jobs run gangs")
+    parser.add_argument("--nnodes", type=int, default=2, help="pods per running gang")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="operator-bench-"))
-    figures: dict = {"jobs": args.jobs, "running": args.running}
+    figures: dict = {"jobs": args.jobs, "running": args.running, "nnodes": args.nnodes}
+    pool_nodes = max(8, args.nnodes, -(-args.running * args.nnodes // 100))  # a fake node holds 110 pods
 
-    with bench_cluster(pool_nodes=8, gpus_per_node=128) as cluster:
+    with bench_cluster(pool_nodes=pool_nodes, gpus_per_node=128) as cluster:
         namespace = new_namespace(cluster, "bench-memory")
         with running_operator(cluster, namespace, log_dir) as operator:
             time.sleep(3)
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             batch = 200
             for first in range(0, args.jobs, batch):
                 jobs = [
-                    sftjob(f"mem-{i}", namespace, nnodes=2, nproc_per_node=1, suspend=i >= args.running)
+                    sftjob(f"mem-{i}", namespace, nnodes=args.nnodes, nproc_per_node=1, suspend=i >= args.running)
                     for i in range(first, min(args.jobs, first + batch))
                 ]
                 apply(cluster, *jobs)
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.kubectl("delete", "sftjobs", "--all", "-n", namespace, "--wait=false")
 
     print(f"operator RSS idle (0 SFTJobs): {figures['rss_idle_mib']:.1f} MiB")
-    print(f"operator RSS with {args.jobs} SFTJobs ({args.running} running): {figures['rss_with_jobs_mib']:.1f} MiB "
+    print(f"operator RSS with {args.jobs} SFTJobs ({args.running} running {args.nnodes}-pod gangs): {figures['rss_with_jobs_mib']:.1f} MiB "
           f"(peak {figures['rss_peak_mib']:.1f} MiB), {figures['per_job_kib']:.1f} KiB per job")
     print(f"{args.jobs} SFTJobs applied in {figures['apply_s']:.1f}s; all had a status after {figures['all_reconciled_s']:.1f}s")
     if args.json:

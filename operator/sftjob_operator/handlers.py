@@ -94,6 +94,23 @@ def reconcile_policy_from_env(environ: Mapping[str, str] = os.environ) -> rc.Rec
     return rc.ReconcilePolicy(**values)
 
 
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _kept(job: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The job as the reconciler keeps it between looks: without managedFields and kubectl's copy of the last
+    applied manifest (each about as big as the rest; nothing reads them). 1,000 jobs: a few MiB less."""
+    if job is None:
+        return None
+    meta = job.get("metadata") or {}
+    if "managedFields" not in meta and _LAST_APPLIED not in (meta.get("annotations") or {}):
+        return dict(job)
+    meta = {key: value for key, value in meta.items() if key != "managedFields"}
+    if _LAST_APPLIED in (meta.get("annotations") or {}):
+        meta["annotations"] = {key: value for key, value in meta["annotations"].items() if key != _LAST_APPLIED}
+    return {**job, "metadata": meta}
+
+
 def _api_message(error: ApiException) -> str:
     """The API server's own words (a Status object's message names the invalid field)."""
     import json
@@ -214,7 +231,7 @@ class JobReconciler:
         version = meta.get("resourceVersion")
         if state.body is not None and not _newer(version, state.body["metadata"].get("resourceVersion")):
             return  # an old event (our own status patch already gave us a newer body) or the echo of our patch
-        state.body = dict(body)
+        state.body = _kept(body)
         if version and version == state.written_resource_version:
             return
         state.quiet = False
@@ -356,7 +373,7 @@ class JobReconciler:
             state.refresh = False
             known_uid = (state.body or {}).get("metadata", {}).get("uid")
             state.pods_trusted_since = None  # a resync reads the pods from the API server too
-            job = self.kube.get_job(namespace, name)
+            job = _kept(self.kube.get_job(namespace, name))
             state.body = job
         if job is None:
             self.jobs.pop(key, None)
@@ -370,7 +387,7 @@ class JobReconciler:
                     return self._reconcile_once(state, job)
                 except Conflict:
                     # The job changed since we read it (spec edit, or a stale cached body): read again, decide again.
-                    job = self.kube.get_job(namespace, name)
+                    job = _kept(self.kube.get_job(namespace, name))
                     if job is None:
                         self.jobs.pop(key, None)
                         return None
@@ -461,9 +478,8 @@ class JobReconciler:
             updated = self.kube.patch_job_status(namespace, name, patch, resource_version=job["metadata"].get("resourceVersion"))
             if updated is None:  # deleted meanwhile
                 return None
-            state.body = updated
+            state.body = job = _kept(updated)
             state.written_resource_version = updated["metadata"].get("resourceVersion")
-            job = updated
         for event in result.events:
             self.kube.post_event(job, event.type, event.reason, event.message, component=COMPONENT)
         if result.restarted_for is not None and self.metrics is not None:
@@ -527,6 +543,9 @@ class JobReconciler:
                 for create, outcome in zip(batch, outcomes):
                     if not isinstance(outcome, Exception):
                         self._created(state, attempt, namespace, create, outcome)
+                for _, outcome in failures:
+                    if not isinstance(outcome, ApiException):
+                        raise outcome  # not the leader, no connection: as a sequential create would (see _run)
                 if failures:
                     if self.metrics is not None:
                         for create, _ in failures:
@@ -561,7 +580,7 @@ class JobReconciler:
 
     def _create(self, namespace: str, action: rc.CreateObject) -> dict[str, Any] | None | Exception:
         """One create: the created object, None when it existed (409), or the error (raised in a creator thread, it
-        is handled by the reconcile thread like a sequential one)."""
+        is handled or re-raised by the reconcile thread, as a sequential create's)."""
         try:
             return self.kube.create(namespace, action.body)
         except Exception as error:  # noqa: BLE001 - handed back to _apply, which reports or re-raises it
@@ -615,7 +634,7 @@ class JobReconciler:
             state.body = None
             return
         if updated is not None:
-            state.body = updated
+            state.body = _kept(updated)
             state.written_resource_version = updated["metadata"].get("resourceVersion")
         self.kube.post_event(job, "Warning", "CreateFailed", message, component=COMPONENT)
 
