@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.kubectl("delete", "sftjobs", "--all", "-n", namespace, "--wait=false")
 
     print(f"operator RSS idle (0 SFTJobs): {figures['rss_idle_mib']:.1f} MiB")
-    print(f"operator RSS with {args.jobs} SFTJobs ({args.running} running {args.nnodes}-pod gangs): {figures['rss_with_jobs_mib']:.1f} MiB "
+    print(f"operator RSS with {args.jobs} SFTJobs ({args.running} running) x {args.nnodes} pods: {figures['rss_with_jobs_mib']:.1f} MiB "
           f"(peak {figures['rss_peak_mib']:.1f} MiB), {figures['per_job_kib']:.1f} KiB per job")
     print(f"{args.jobs} SFTJobs applied in {figures['apply_s']:.1f}s; all had a status after {figures['all_reconciled_s']:.1f}s")
     if args.json:

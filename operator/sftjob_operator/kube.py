@@ -22,6 +22,7 @@ GROUP = "training-hub.io"
 VERSION = "v1alpha1"
 PLURAL = "sftjobs"
 KIND = "SFTJob"
+USER_AGENT = "sftjob-operator"
 KUEUE_WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/{name}"
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 32) -> cl
     # One attempt per call: the reconciler retries with backoff, and urllib3's own retries would log three
     # "Retrying ..." warnings for every call made during an API-server outage.
     configuration.retries = 0
-    return client.ApiClient(configuration)
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = USER_AGENT  # the operator's requests, apart from kopf's watches (kopf/...) in audit logs
+    return api_client
 
 
 class Kube:
