@@ -116,9 +116,14 @@ def test_a_burst_of_gang_starts_stays_within_the_budget_per_job(cluster, namespa
 
     def all_running() -> bool:
         items = cluster.kubectl_json("get", "sftjobs", "-n", namespace)["items"]
-        return sum(1 for job in items if (job.get("status") or {}).get("phase") == "Running") == len(names)
+        running = {job["metadata"]["name"] for job in items if (job.get("status") or {}).get("phase") == "Running"}
+        return set(names) <= running
 
-    wait_until(all_running, 120, "every gang of the burst Running")
+    try:
+        wait_until(all_running, 120, "every gang of the burst Running")
+    except AssertionError:
+        print(cluster.kubectl("get", "sftjobs,pods", "-n", namespace, "-o", "wide", check=False).stdout)
+        raise
     spent = delta(settled(port), before)
     per_job = sum(spent.values()) / len(names)
     print(f"burst of {len(names)}: {per_job:.2f} requests per job start: {spent}")
