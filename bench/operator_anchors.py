@@ -42,10 +42,12 @@ from operator_common import PodWatch, bench_cluster, cpu_seconds, new_namespace,
 
 from tests.cluster.operator_harness import sftjob  # noqa: E402
 from tests.support import audit_log  # noqa: E402
-from sftjob_operator.kube import GROUP, PLURAL, VERSION  # noqa: E402
+from sftjob_operator.kube import GROUP, PLURAL, USER_AGENT, VERSION  # noqa: E402
 
 SUBJECTS = ("floor", "floor-1", "peer", "operator")
-OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's watches, and the kubernetes client's calls
+# The operator's own calls, kopf's (watches, discovery), and the kubernetes client's default (operators before
+# sftjob_operator.kube set its own user agent).
+OPERATOR_AGENTS = (USER_AGENT, "kopf/", "OpenAPI-Generator/")
 # The resync safety net is a steady-state cost, not a job-start cost: out of the window. Progress polling keeps its
 # production timing: reading logs before a pod can have written any is part of what a job start costs.
 OPERATOR_ENV = {"SFTJOB_OPERATOR_RESYNC_SECONDS": "600"}
