@@ -19,6 +19,9 @@
 #   hack/control-plane.sh kueue-dir     prints Kueue's dir if complete; never builds
 #   hack/control-plane.sh peer-build    build (or find) the benchmarks' peer, Kubeflow training-operator: binary + CRDs
 #   hack/control-plane.sh peer-dir      prints the peer's dir if complete; never builds
+#   hack/control-plane.sh prefetch      downloads the Go modules of every build not yet cached (network only, no
+#                                       compiling): hack/test.sh runs it beside the first build, so later builds
+#                                       find their modules on disk instead of downloading between compiles
 #
 # Env: TRAINING_HUB_K8S_BIN   a directory that already holds all the binaries (skips the build)
 #      TRAINING_HUB_NODE_BIN  a directory that already holds kubelet, coredns and pause (skips node-build)
@@ -340,6 +343,35 @@ build_peer() {
   flock -u 7
 }
 
+# `go get` in a scratch module loads each package graph and so downloads exactly the modules its build needs, without
+# compiling. Run for the components whose binaries are missing, all at once (downloads are I/O; Go locks its module
+# cache, so concurrent downloads and builds are safe). The Kubernetes module itself is left to its build, which
+# comes first anyway.
+prefetch_modules() {
+  require_go
+  mkdir -p "$BUILD_ROOT"
+  local scratch pids=() started=$SECONDS
+  scratch=$(mktemp -d "$BUILD_ROOT/prefetch.XXXXXX")
+  fetch() {  # NAME PACKAGE@VERSION...
+    local name=$1 dir="$scratch/$1"; shift
+    mkdir -p "$dir"
+    printf 'module training-hub/prefetch/%s\n\ngo 1.24\n' "$name" > "$dir/go.mod"
+    (cd "$dir" && GOFLAGS=-mod=mod go get "$@" >/dev/null 2>&1) || log "prefetch of $name failed (its build will download it)"
+  }
+  has_all_binaries_in "$BIN_CACHE/etcd-$ETCD_VERSION" etcd || { fetch etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" & pids+=($!); }
+  has_all_binaries_in "$BIN_CACHE/kwok-$KWOK_VERSION" kwok kwokctl \
+    || { fetch kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION" & pids+=($!); }
+  has_all_binaries_in "$BIN_CACHE/helm-$HELM_BUILD" helm || { fetch helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" & pids+=($!); }
+  kueue_complete "$(kueue_dir)" || { fetch kueue "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION" & pids+=($!); }
+  has_all_binaries_in "$BIN_CACHE/coredns-$COREDNS_VERSION" coredns || {
+    fetch coredns "github.com/coredns/coredns/coremain@$COREDNS_VERSION" "github.com/coredns/coredns/plugin/kubernetes@$COREDNS_VERSION" \
+      "github.com/coredns/coredns/plugin/bind@$COREDNS_VERSION" & pids+=($!); }
+  peer_complete "$(peer_dir)" || { fetch peer "github.com/kubeflow/training-operator/cmd/training-operator.v1@$PEER_VERSION" & pids+=($!); }
+  [[ ${#pids[@]} -eq 0 ]] || wait "${pids[@]}"
+  rm -rf "$scratch"
+  log "module prefetch done in $((SECONDS - started)) s"
+}
+
 has_all_binaries_in() {
   local dir=$1 b; shift
   for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
@@ -458,6 +490,7 @@ main() {
     kueue-build) build_kueue; kueue_dir ;;
     peer-build) build_peer; peer_dir ;;
     peer-dir) peer_complete "$(peer_dir)" && peer_dir && exit 0; exit 1 ;;
+    prefetch) prefetch_modules ;;
     kueue-dir) kueue_complete "${TRAINING_HUB_KUEUE_DIR:-$(kueue_dir)}" && echo "${TRAINING_HUB_KUEUE_DIR:-$(kueue_dir)}" && exit 0; exit 1 ;;
     bin-dir)  # prints the binaries' directory if complete; never builds
       if [[ -n "${TRAINING_HUB_K8S_BIN:-}" ]]; then has_all_binaries "$TRAINING_HUB_K8S_BIN" && echo "$TRAINING_HUB_K8S_BIN" && exit 0; exit 1; fi
@@ -475,7 +508,7 @@ main() {
       node_bin=$(ensure_node_binaries)
       TRAINING_HUB_NODE_BIN="$node_bin" cluster_cli "$cmd" "$@" ;;
     up|down|nodes|kubeconfig|status) cluster_cli "$cmd" "$@" ;;
-    *) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
+    *) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h ]] && exit 0; exit 2 ;;
   esac
 }
 
