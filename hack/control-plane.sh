@@ -367,7 +367,9 @@ prefetch_modules() {
     fetch coredns "github.com/coredns/coredns/coremain@$COREDNS_VERSION" "github.com/coredns/coredns/plugin/kubernetes@$COREDNS_VERSION" \
       "github.com/coredns/coredns/plugin/bind@$COREDNS_VERSION" & pids+=($!); }
   peer_complete "$(peer_dir)" || { fetch peer "github.com/kubeflow/training-operator/cmd/training-operator.v1@$PEER_VERSION" & pids+=($!); }
-  [[ ${#pids[@]} -eq 0 ]] || wait "${pids[@]}"
+  if [[ ${#pids[@]} -eq 0 ]]; then rm -rf "$scratch"; log "module prefetch: nothing to download (every build is cached)"; return 0; fi
+  log "module prefetch: downloading for ${#pids[@]} build(s)"
+  wait "${pids[@]}"
   rm -rf "$scratch"
   log "module prefetch done in $((SECONDS - started)) s"
 }
