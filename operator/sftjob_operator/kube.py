@@ -171,12 +171,6 @@ class Kube:
         )
         return result.get("items", []), (result.get("metadata") or {}).get("resourceVersion")
 
-    def list_managed_pods(self, namespace: str | None) -> list[dict[str, Any]]:
-        """Every pod the operator made in a namespace (None: in every namespace)."""
-        where = f"/namespaces/{namespace}" if namespace else ""
-        selector = f"{labels.MANAGED_BY}={labels.MANAGED_BY_VALUE}"
-        return self.request("list", "GET", f"/api/v1{where}/pods", query=[("labelSelector", selector)]).get("items", [])
-
     def list_job_uids(self, namespace: str | None) -> set[str]:
         """The uids of the SFTJobs that exist in a namespace (None: in every namespace)."""
         where = f"/namespaces/{namespace}" if namespace else ""

@@ -4,10 +4,10 @@ The DELETED event of a job deletes its pods at once (handlers.JobReconciler.job_
 watch is open yields no such event: while kopf's watch reconnects after an API-server restart (its re-list simply
 lacks the job), or while the operator itself is down or starting. The garbage collector would delete the pods in
 the end, but its view of the CRD lags for up to minutes after an API-server restart, and the pods hold their GPUs
-meanwhile. The sweep closes that gap: list the operator's pods, then the SFTJobs, and delete every pod whose
+meanwhile. The sweep closes that gap: read the operator's pods (its pod cache), then list the SFTJobs, and delete every pod whose
 controlling SFTJob's uid is not among them.
 
-Safe by construction: pods are listed BEFORE the jobs, so a job that owned a listed pod and still exists is in the
+Safe by construction: pods are read BEFORE the jobs are listed, so a job that owned a listed pod and still exists is in the
 later job list; the match is on the owner's uid, so a new job of the same name never loses its pods; deletes carry
 the pod's uid as a precondition; a pod with no SFTJob controller is never touched.
 """
@@ -52,11 +52,11 @@ def orphaned_pods(pods: Iterable[Mapping[str, Any]], live_job_uids: set[str]) ->
     ]
 
 
-def sweep(kube: Any, namespace: str | None, pods_in: Any = None) -> int:
+def sweep(kube: Any, namespace: str | None, pods_in: Any) -> int:
     """Delete the orphaned pods of one namespace (None: every namespace). Returns how many deletions were accepted.
-    The pods come from `pods_in(namespace)` (the operator's pod cache: no LIST) or a LIST; then one LIST of the
-    SFTJobs when the operator has pods there."""
-    pods = pods_in(namespace) if pods_in is not None else kube.list_managed_pods(namespace)
+    The pods come from `pods_in(namespace)` (the operator's pod cache: no LIST); then one LIST of the SFTJobs when
+    the operator has pods there."""
+    pods = pods_in(namespace)
     if not any(job_owner_uid(pod) for pod in pods):
         return 0
     live = kube.list_job_uids(namespace)  # after the pods: a job that still owns a listed pod is in here
@@ -76,12 +76,12 @@ class OrphanSweeper:
     server is back). Runs the sweeps on the reconciler's worker threads; only while `may_act()` (the leader)."""
 
     def __init__(self, kube: Any, namespaces: Iterable[str], *, quiet_interval: float, may_act: Any,
-                 run_blocking: Any, pods_in: Any = None) -> None:
+                 run_blocking: Any, pods_in: Any) -> None:
         import asyncio
 
         self.kube, self.namespaces = kube, tuple(namespaces) or (None,)
         self.quiet_interval, self.may_act, self.run_blocking = quiet_interval, may_act, run_blocking
-        self.pods_in = pods_in  # the pods the pod watch knows (handlers: PodCache.pods_in); None: LIST them
+        self.pods_in = pods_in  # the pods the pod watch knows (handlers: PodCache.pods_in)
         self._woken = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 

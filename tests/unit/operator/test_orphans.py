@@ -41,7 +41,7 @@ class RecordingKube:
     def __init__(self, pods, job_uids, *, gone=()):
         self.pods, self.job_uids, self.gone, self.calls = pods, set(job_uids), set(gone), []
 
-    def list_managed_pods(self, namespace):
+    def pods_in(self, namespace):
         self.calls.append(("list pods", namespace))
         return self.pods
 
@@ -56,7 +56,7 @@ class RecordingKube:
 
 def test_sweep_lists_pods_before_jobs_and_deletes_orphans_with_their_uid():
     kube = RecordingKube([_pod("a-0", "dead"), _pod("a-1", "dead"), _pod("b-0", "live")], {"live"}, gone={"a-1"})
-    assert orphans.sweep(kube, "ns") == 1  # a-1 was already gone (404/409 -> False)
+    assert orphans.sweep(kube, "ns", kube.pods_in) == 1  # a-1 was already gone (404/409 -> False)
     assert kube.calls == [
         ("list pods", "ns"), ("list jobs", "ns"),
         ("delete", "ns", "a-0", "pod-a-0"), ("delete", "ns", "a-1", "pod-a-1"),
@@ -65,26 +65,27 @@ def test_sweep_lists_pods_before_jobs_and_deletes_orphans_with_their_uid():
 
 def test_sweep_without_job_pods_costs_one_list():
     kube = RecordingKube([_pod("bare", None)], set())
-    assert orphans.sweep(kube, None) == 0
+    assert orphans.sweep(kube, None, kube.pods_in) == 0
     assert kube.calls == [("list pods", None)]
 
 
 def _sweeper(kube, namespaces=("ns",), **kwargs):
     return orphans.OrphanSweeper(kube, namespaces, quiet_interval=kwargs.pop("quiet_interval", 60),
                                  may_act=kwargs.pop("may_act", lambda: True),
-                                 run_blocking=lambda call: asyncio.get_running_loop().run_in_executor(None, call))
+                                 run_blocking=lambda call: asyncio.get_running_loop().run_in_executor(None, call),
+                                 pods_in=kube.pods_in)
 
 
 def test_sweep_all_covers_every_namespace_and_survives_errors(caplog):
     from kubernetes.client.rest import ApiException
 
     class Failing(RecordingKube):
-        def list_managed_pods(self, namespace):
+        def pods_in(self, namespace):
             if namespace == "forbidden":
                 raise ApiException(status=403, reason="Forbidden")
             if namespace == "down":
                 raise ConnectionRefusedError(111, "Connection refused")
-            return super().list_managed_pods(namespace)
+            return super().pods_in(namespace)
 
     async def main():
         kube = Failing([_pod("a-0", "dead")], set())
