@@ -52,6 +52,9 @@ class RuntimeSettings:
 
     resync_seconds: float = 60.0  # every job is reconciled at least this often, whatever events were missed
     debounce_seconds: float = 0.2  # pod events for one job within this window cause one reconciliation
+    # A status write that only reports progress within a phase (rc.status_only_reports) waits until this long after
+    # the job's previous write; phase changes, remembered state and events are written at once.
+    status_report_seconds: float = 1.0
     workers: int = 16  # threads doing API calls (jobs reconciled in parallel)
     error_retry_seconds: float = 5.0
 
@@ -61,6 +64,7 @@ class RuntimeSettings:
         for name, attribute, kind in (
             ("SFTJOB_OPERATOR_RESYNC_SECONDS", "resync_seconds", float),
             ("SFTJOB_OPERATOR_DEBOUNCE_SECONDS", "debounce_seconds", float),
+            ("SFTJOB_OPERATOR_STATUS_REPORT_SECONDS", "status_report_seconds", float),
             ("SFTJOB_OPERATOR_WORKERS", "workers", int),
             ("SFTJOB_OPERATOR_ERROR_RETRY_SECONDS", "error_retry_seconds", float),
         ):
@@ -144,6 +148,7 @@ class _JobState:
     # ConfigMap as found). Saves reading them back while a gang is being built.
     shared: tuple[int, bool, dict[str, Any] | None] | None = None
     progress_clock: tuple[str, float] | None = None  # (rank-0 pod uid, monotonic time its log was last due/read)
+    status_written_at: float | None = None  # monotonic time of this process's last status write for the job
 
 
 @dataclass
@@ -474,12 +479,14 @@ class JobReconciler:
 
         patch = rc.status_patch(old_status, result.status)
         deferred = patch is not None and rc.status_can_wait(old_status, result)
-        if patch is not None and not deferred:
+        held = self._report_wait(state) if patch is not None and rc.status_only_reports(old_status, result) else None
+        if patch is not None and not deferred and held is None:
             updated = self.kube.patch_job_status(namespace, name, patch, resource_version=job["metadata"].get("resourceVersion"))
             if updated is None:  # deleted meanwhile
                 return None
             state.body = job = _kept(updated)
             state.written_resource_version = updated["metadata"].get("resourceVersion")
+            state.status_written_at = time.monotonic()
         for event in result.events:
             self.kube.post_event(job, event.type, event.reason, event.message, component=COMPONENT)
         if result.restarted_for is not None and self.metrics is not None:
@@ -514,7 +521,17 @@ class JobReconciler:
             # The look that writes the status: when the creates' watch events arrive (they usually come first and
             # coalesce with it), and at the latest after the debounce.
             return min(result.requeue_after or self.settings.debounce_seconds, self.settings.debounce_seconds)
+        if held is not None:
+            state.quiet = False
+            return held if result.requeue_after is None else min(result.requeue_after, held)  # that look writes it
         return result.requeue_after
+
+    def _report_wait(self, state: _JobState) -> float | None:
+        """Seconds until a status that only reports may be written (None: now)."""
+        if state.status_written_at is None:
+            return None
+        left = state.status_written_at + self.settings.status_report_seconds - time.monotonic()
+        return left if left > 0.01 else None
 
     def _apply(
         self, state: _JobState, job: Mapping[str, Any], attempt: int, actions: list[rc.Action]

@@ -1018,6 +1018,18 @@ def status_can_wait(old: Mapping[str, Any] | None, result: Result) -> bool:
     return all(_remembered(old, key) == _remembered(result.status, key) for key in _MEMORY)
 
 
+def status_only_reports(old: Mapping[str, Any] | None, result: Result) -> bool:
+    """Whether the new status only reports how far a phase has got ("2 of 4 pod(s) have a node", nodes 1/4, a
+    condition's message or status within the phase): no action, no event, the same phase, nothing remembered
+    changed. Such writes may be spaced out (the handler writes them at most once per status report interval, as the
+    Job controller batches a Job's pod updates): a gang start under load goes through several of them in a second,
+    each one a status patch and an SFTJob watch event for every client."""
+    old = old or {}
+    if result.actions or result.events or old.get("phase") != result.status.get("phase"):
+        return False
+    return all(_remembered(old, key) == _remembered(result.status, key) for key in _MEMORY)
+
+
 def decides_for_good(old: Mapping[str, Any] | None, result: Result) -> bool:
     """Whether the result restarts or ends the gang (a new attempt, a counted restart, a finished job): decisions
     the handler takes only from pods it has just LISTed, never from a cache that a lost watch event left stale."""

@@ -203,3 +203,58 @@ def test_an_existing_configmap_with_other_data_is_replaced_before_the_pods_are_c
     assert kube.requests[2:] == [("get", "ConfigMap"), ("patch", "SFTJob/status"), ("patch", "ConfigMap")] + [("create", "Pod")] * 4
     assert kube.objects[("ConfigMap", "train-params")]["data"] != {"params.json": "{}"}
     reconciler.close()
+
+
+def test_a_status_that_only_reports_progress_waits_for_the_report_interval_a_new_phase_does_not():
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    from sftjob_operator.handlers import _JobState
+
+    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    state.pods_trusted_since = reconciler.pod_cache.listings
+    reconciler.reconcile_now(("ns", "train"))  # the creates
+    _run(reconciler)  # the pods exist, none has a node: Created, Pending (and its event), written at once
+
+    def pods_with(node_names: int, running: bool = False):
+        events = []
+        for (kind, _), pod in list(kube.objects.items()):
+            if kind != "Pod":
+                continue
+            pod = json.loads(json.dumps(pod))
+            rank = int(pod["metadata"]["name"].rsplit("-", 1)[1])
+            if rank < node_names:
+                pod["spec"]["nodeName"] = "gpu-1"
+            if running:
+                pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            kube.version += 1
+            pod["metadata"]["resourceVersion"] = str(kube.version)
+            events.append(("MODIFIED", pod))
+        return events
+
+    reconciler.settings.status_report_seconds = 0.3
+    kube.requests.clear()
+    requeue = _run(reconciler, pods_with(2))  # "2 of 4 pod(s) have a node": only a report, within the interval
+    assert kube.requests == [] and 0 < requeue <= 0.3
+    assert state.body["status"]["phase"] == "Pending"
+    time.sleep(requeue)
+    _run(reconciler)  # the requeued look: the interval has passed, the report is written
+    assert kube.requests == [("patch", "SFTJob/status")]
+    assert rc.status_patch({}, state.body["status"])["conditions"]
+    scheduled = [c for c in state.body["status"]["conditions"] if c["type"] == "Scheduled"]
+    assert scheduled[0]["message"] == "2 of 4 pod(s) have a node"
+    kube.requests.clear()
+    _run(reconciler, pods_with(4, running=True))  # a new phase: written at once, though within the interval
+    assert kube.requests == [("patch", "SFTJob/status")] and state.body["status"]["phase"] == "Running"
+    reconciler.close()
+
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    reconciler.settings.status_report_seconds = 0  # no spacing: every report is written
+    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    state.pods_trusted_since = reconciler.pod_cache.listings
+    reconciler.reconcile_now(("ns", "train"))
+    _run(reconciler)
+    kube.requests.clear()
+    _run(reconciler, pods_with(2))
+    assert kube.requests == [("patch", "SFTJob/status")]
+    reconciler.close()

@@ -1250,6 +1250,22 @@ def test_a_status_that_remembers_something_is_written_before_the_actions():
     assert not rc.status_can_wait(suspended["status"], resumed)
 
 
+def test_progress_within_a_phase_only_reports_a_new_phase_or_anything_remembered_does_not():
+    job = applied(make_job(4), run(make_job(4), gang(phase="Pending")))  # Created, no pod has a node yet
+    assert job["status"]["phase"] == "Pending"
+    bound = gang(phase="Pending")
+    for pod in bound[:2]:
+        pod.setdefault("spec", {})["nodeName"] = "gpu-1"
+    scheduling = run(job, bound)
+    assert condition(scheduling.status, "Scheduled")["message"] == "2 of 4 pod(s) have a node"
+    assert rc.status_only_reports(job["status"], scheduling)
+    running = run(job, gang())
+    assert running.status["phase"] == "Running" and not rc.status_only_reports(job["status"], running)
+    restart = run(running_job(), [make_pod(0, exit_code=1, phase="Failed"), *gang()[1:]])
+    assert not rc.status_only_reports(running_job()["status"], restart)
+    assert not rc.status_only_reports({}, run(make_job(4), service=None, configmap=MISSING))  # creates
+
+
 def test_restarts_and_endings_are_decisions_for_good_a_pending_gang_is_not():
     job = running_job()
     assert rc.decides_for_good(job["status"], run(job, [make_pod(0, exit_code=1, phase="Failed"), *gang()[1:]]))
