@@ -50,7 +50,10 @@ JobKey = tuple[str, str]  # (namespace, name)
 class RuntimeSettings:
     """Timing of the wiring itself (env-overridable: SFTJOB_OPERATOR_RESYNC_SECONDS, ..._DEBOUNCE_SECONDS)."""
 
-    resync_seconds: float = 60.0  # every job is reconciled at least this often, whatever events were missed
+    resync_seconds: float = 60.0  # every unfinished job is looked at least this often (from the watches' cache)
+    # ... and its body and pods are read from the API server at least this often, whatever watch events were missed
+    # (spread over a resync period: 1,000 jobs are 2,000 reads, not one burst of them). Also the orphan sweep's period.
+    reread_seconds: float = 600.0
     debounce_seconds: float = 0.2  # pod events for one job within this window cause one reconciliation
     # A status write that only reports progress within a phase (rc.status_only_reports) waits until this long after
     # the job's previous write; phase changes, remembered state and events are written at once.
@@ -63,6 +66,7 @@ class RuntimeSettings:
         values: dict[str, Any] = {}
         for name, attribute, kind in (
             ("SFTJOB_OPERATOR_RESYNC_SECONDS", "resync_seconds", float),
+            ("SFTJOB_OPERATOR_REREAD_SECONDS", "reread_seconds", float),
             ("SFTJOB_OPERATOR_DEBOUNCE_SECONDS", "debounce_seconds", float),
             ("SFTJOB_OPERATOR_STATUS_REPORT_SECONDS", "status_report_seconds", float),
             ("SFTJOB_OPERATOR_WORKERS", "workers", int),
@@ -297,13 +301,15 @@ class JobReconciler:
                 self.jobs[key].quiet = False
             self.trigger(key, delay=self.settings.debounce_seconds)
 
-    def resync_all(self) -> None:
-        # Spread over a second so a resync of thousands of jobs is not one burst of LISTs.
+    def resync_all(self, *, reread: bool = True, spread: float = 1.0) -> None:
+        """Look at every unfinished job again; `reread`: reading the job and its pods from the API server first.
+        Spread over `spread` seconds, so a resync of thousands of jobs is not one burst of reads."""
         keys = [key for key, state in self.jobs.items() if not state.quiet]
-        for key in keys:
-            self.jobs[key].refresh = True  # the job and its pods are read from the API server
+        if reread:
+            for key in keys:
+                self.jobs[key].refresh = True
         for index, key in enumerate(keys):
-            self.trigger(key, delay=index / max(1, len(keys)))
+            self.trigger(key, delay=spread * index / max(1, len(keys)))
 
     def trigger(self, key: JobKey, delay: float = 0.0) -> None:
         if self.closing or not self.active():
@@ -704,6 +710,9 @@ def register(
         settings.persistence.diffbase_storage = _no_diffbase_storage()
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
+        # kopf keeps a worker task per object for this long after its last event, holding that event's whole body:
+        # during a start of thousands of pods, most of the operator's memory (see docs/operator.md, Memory).
+        settings.queueing.idle_timeout = float(os.environ.get("SFTJOB_OPERATOR_KOPF_IDLE_TIMEOUT", "0.5"))
         reconciler._loop = asyncio.get_running_loop()
         if health is not None:
             settings.networking.error_backoffs = watch_health.RetryForever()  # a watch is never given up
@@ -720,7 +729,7 @@ def register(
                 ))
         reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
         reconciler.sweeper = OrphanSweeper(
-            reconciler.kube, reconciler.namespaces, quiet_interval=reconciler.settings.resync_seconds,
+            reconciler.kube, reconciler.namespaces, quiet_interval=reconciler.settings.reread_seconds,
             may_act=lambda: not reconciler.closing and reconciler.active() and (health is None or health.reachable),
             run_blocking=lambda call: asyncio.get_running_loop().run_in_executor(reconciler.executor, call),
             pods_in=reconciler.pod_cache.pods_in,  # pods read first (safety: orphans.py), from the pod watch
@@ -805,10 +814,17 @@ def _campaign(reconciler: JobReconciler, elector: LeaderElector, stop_flag: Any)
 
 
 async def _resync_forever(reconciler: JobReconciler) -> None:
-    """The safety net: every job is looked at every resync period, even if a watch event was lost."""
+    """The safety net: every unfinished job is looked at every resync period (from the cache, as an informer's
+    resync: the watches deliver every change), and read from the API server every reread period, even if a watch
+    event was lost (spread over one resync period)."""
+    settings, loop = reconciler.settings, asyncio.get_running_loop()
+    last_reread = loop.time()
     while True:
-        await asyncio.sleep(reconciler.settings.resync_seconds)
-        reconciler.resync_all()
+        await asyncio.sleep(settings.resync_seconds)
+        reread = loop.time() - last_reread >= settings.reread_seconds - settings.resync_seconds / 2
+        if reread:
+            last_reread = loop.time()
+        reconciler.resync_all(reread=reread, spread=settings.resync_seconds / 2 if reread else 1.0)
 
 
 def run_operator(

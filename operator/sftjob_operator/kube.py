@@ -90,6 +90,9 @@ def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 32) -> cl
     return api_client
 
 
+LIST_PAGE_SIZE = 200  # objects per page of a LIST that can be long (limit/continue)
+
+
 class Kube:
     """Raw JSON requests through the client's auth and TLS (no model (de)serialisation: fast, and the bodies are
     exactly the dicts render/reconcile produced)."""
@@ -172,10 +175,18 @@ class Kube:
         return result.get("items", []), (result.get("metadata") or {}).get("resourceVersion")
 
     def list_job_uids(self, namespace: str | None) -> set[str]:
-        """The uids of the SFTJobs that exist in a namespace (None: in every namespace)."""
+        """The uids of the SFTJobs that exist in a namespace (None: in every namespace). Read in pages: 1,000 jobs
+        in one answer are ~5 MB of JSON decoded at once, ~35 MiB of the operator's peak memory at 1,000 x 8."""
         where = f"/namespaces/{namespace}" if namespace else ""
-        result = self.request("list", "GET", f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}")
-        return {item["metadata"]["uid"] for item in result.get("items", [])}
+        uids: set[str] = set()
+        token = None
+        while True:
+            query = [("limit", LIST_PAGE_SIZE)] + ([("continue", token)] if token else [])
+            result = self.request("list", "GET", f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}", query=query)
+            uids.update(item["metadata"]["uid"] for item in result.get("items", []))
+            token = (result.get("metadata") or {}).get("continue")
+            if not token:
+                return uids
 
     def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get_or_none(f"/api/v1/namespaces/{namespace}/services/{name}")

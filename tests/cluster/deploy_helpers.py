@@ -90,7 +90,7 @@ def operator_process(
            "--health-port", str(free_port())]
     for namespace in namespaces:
         cmd += ["--namespace", namespace]
-    env = {**os.environ, "SFTJOB_OPERATOR_RESYNC_SECONDS": "5", **(extra_env or {})}
+    env = {**os.environ, "SFTJOB_OPERATOR_RESYNC_SECONDS": "5", "SFTJOB_OPERATOR_REREAD_SECONDS": "5", **(extra_env or {})}
     # kopf's login reads $KUBECONFIG (the kubernetes client captures it at import time), so set both.
     env["KUBECONFIG"] = str(kubeconfig)
     with open(log_path, "wb") as log:

@@ -179,3 +179,17 @@ def test_the_api_servers_audit_log_counts_the_same_requests(audited_cluster, tmp
     finally:
         process.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_the_sweeps_list_of_sftjobs_comes_in_pages_and_misses_none(operator_pool, cluster, namespace, monkeypatch):
+    """The orphan sweep's LIST of the SFTJobs (kube.Kube.list_job_uids) is paged: at 1,000 jobs one answer was the
+    operator's memory peak. Paged, it still finds every job, once."""
+    from sftjob_operator import kube as kube_module
+    from sftjob_operator.kube import Kube, load_api_client
+
+    apply(cluster, *(sftjob(f"paged-{i}", namespace, nnodes=1, suspend=True) for i in range(5)))
+    created = {item["metadata"]["uid"] for item in cluster.kubectl_json("get", "sftjobs", "-n", namespace)["items"]}
+    monkeypatch.setattr(kube_module, "LIST_PAGE_SIZE", 2)
+    kube = Kube(load_api_client(cluster.kubeconfig))
+    assert len(created) == 5 and kube.list_job_uids(namespace) == created
+    assert kube.counter.by_verb_resource[("list", "sftjobs")] == 3  # 2 + 2 + 1

@@ -258,3 +258,50 @@ def test_a_status_that_only_reports_progress_waits_for_the_report_interval_a_new
     _run(reconciler, pods_with(2))
     assert kube.requests == [("patch", "SFTJob/status")]
     reconciler.close()
+
+
+def test_a_resync_looks_from_the_cache_and_reads_the_api_only_every_reread_period():
+    import asyncio
+
+    from sftjob_operator.handlers import _resync_forever
+
+    class Recorder:
+        settings = RuntimeSettings(resync_seconds=0.05, reread_seconds=0.2)
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[float, bool, float]] = []
+
+        def resync_all(self, *, reread: bool, spread: float) -> None:
+            self.calls.append((asyncio.get_running_loop().time(), reread, spread))
+
+    async def run_for(seconds: float) -> list[tuple[float, bool, float]]:
+        recorder = Recorder()
+        task = asyncio.ensure_future(_resync_forever(recorder))
+        await asyncio.sleep(seconds)
+        task.cancel()
+        return recorder.calls
+
+    calls = asyncio.run(run_for(1.0))
+    rereads = [at for at, reread, _ in calls if reread]
+    assert len(rereads) >= 2 and len(calls) >= 2 * len(rereads), calls  # most looks read nothing
+    assert all(later - earlier >= 0.17 for earlier, later in zip(rereads, rereads[1:])), rereads
+    assert all(spread == (0.025 if reread else 1.0) for _, reread, spread in calls)
+
+
+def test_only_a_rereading_resync_makes_the_next_look_read_the_job_and_its_pods():
+    import asyncio
+
+    from sftjob_operator.handlers import _JobState
+
+    async def resync(reread: bool) -> bool:
+        kube = RecordingKube()
+        reconciler = _reconciler(kube)
+        reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+        reconciler.resync_all(reread=reread)
+        scheduled = state.handle is not None
+        reconciler.close()
+        assert scheduled
+        return state.refresh
+
+    assert asyncio.run(resync(reread=True)) is True
+    assert asyncio.run(resync(reread=False)) is False
