@@ -139,7 +139,7 @@ def test_a_gang_start_is_six_concurrent_creates_then_one_status_write_and_one_ev
     reconciler = _reconciler(kube)
     from sftjob_operator.handlers import _JobState
 
-    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
     state.pods_trusted_since = reconciler.pod_cache.listings  # created while watched (an ADDED event)
     requeue = reconciler.reconcile_now(("ns", "train"))
     assert sorted(kube.requests) == sorted([("create", "Service"), ("create", "ConfigMap")] + [("create", "Pod")] * 4)
@@ -172,7 +172,7 @@ def test_a_restart_decided_from_the_cache_is_checked_with_a_list_first():
     reconciler = _reconciler(kube)
     from sftjob_operator.handlers import _JobState
 
-    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
     state.pods_trusted_since = reconciler.pod_cache.listings
     reconciler.reconcile_now(("ns", "train"))
     _run(reconciler)  # Created=True from the pods the creates answered
@@ -195,7 +195,7 @@ def test_an_existing_configmap_with_other_data_is_replaced_before_the_pods_are_c
 
     kube.objects[("ConfigMap", "train-params")] = kube._stamp(
         {"kind": "ConfigMap", "metadata": {"name": "train-params"}, "data": {"params.json": "{}"}})
-    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
     state.pods_trusted_since = reconciler.pod_cache.listings
     reconciler.reconcile_now(("ns", "train"))
     assert kube.requests[:2] in ([("create", "Service"), ("create", "ConfigMap")], [("create", "ConfigMap"), ("create", "Service")])
@@ -210,7 +210,7 @@ def test_a_status_that_only_reports_progress_waits_for_the_report_interval_a_new
     reconciler = _reconciler(kube)
     from sftjob_operator.handlers import _JobState
 
-    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
     state.pods_trusted_since = reconciler.pod_cache.listings
     reconciler.reconcile_now(("ns", "train"))  # the creates
     _run(reconciler)  # the pods exist, none has a node: Created, Pending (and its event), written at once
@@ -250,7 +250,7 @@ def test_a_status_that_only_reports_progress_waits_for_the_report_interval_a_new
     kube = RecordingKube()
     reconciler = _reconciler(kube)
     reconciler.settings.status_report_seconds = 0  # no spacing: every report is written
-    reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
     state.pods_trusted_since = reconciler.pod_cache.listings
     reconciler.reconcile_now(("ns", "train"))
     _run(reconciler)
@@ -296,7 +296,7 @@ def test_only_a_rereading_resync_makes_the_next_look_read_the_job_and_its_pods()
     async def resync(reread: bool) -> bool:
         kube = RecordingKube()
         reconciler = _reconciler(kube)
-        reconciler.jobs[("ns", "train")] = state = _JobState(body=kube.objects[("SFTJob", "train")])
+        reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
         reconciler.resync_all(reread=reread)
         scheduled = state.handle is not None
         reconciler.close()

@@ -145,3 +145,13 @@ def test_a_standby_does_not_sweep(monkeypatch):
         return kube.calls
 
     assert asyncio.run(main()) == []
+
+
+def test_sweep_lists_the_jobs_only_when_a_pod_belongs_to_a_job_the_operator_does_not_know():
+    pods = [_pod("a-0", "known"), _pod("b-0", "unknown"), _pod("c-0", "unknown-but-live")]
+    kube = RecordingKube(pods[:1], {"known"})
+    assert orphans.sweep(kube, "ns", kube.pods_in, lambda: {"known"}) == 0
+    assert kube.calls == [("list pods", "ns")]  # every pod's job is known: no LIST
+    kube = RecordingKube(pods, {"known", "unknown-but-live"})
+    assert orphans.sweep(kube, "ns", kube.pods_in, lambda: {"known"}) == 1
+    assert kube.calls == [("list pods", "ns"), ("list jobs", "ns"), ("delete", "ns", "b-0", "pod-b-0")]
