@@ -6,7 +6,8 @@ bench/operator_peer.py) and the operator (`sftjob-operator run`, production timi
   created (the pod watch sees the last one);
 - M jobs x N nodes at once (each subject in turn, a fresh namespace and process each): start -> the last job's pods;
 - API requests per job start, by verb and resource, from the API server's audit log (by the subject's user agent;
-  long-running watches left out);
+  long-running watches left out; requests of the same window that concern no measured job, such as an earlier
+  job's progress log read or API discovery, are printed apart as the subject's background);
 - CPU seconds (/proc/<pid>/stat) and peak RSS of the operator and the peer per burst.
 
     .venv/bin/python bench/operator_anchors.py [--single-runs 20] [--bursts 100,200] [--nnodes 4]
@@ -69,7 +70,8 @@ class Subject:
 class Measurement:
     job_created_s: list[float]  # per job: its start -> all its pods created
     last_created_s: float  # start -> the last job's pods created
-    requests: collections.Counter = field(default_factory=collections.Counter)
+    requests: collections.Counter = field(default_factory=collections.Counter)  # of the measured jobs
+    background: collections.Counter = field(default_factory=collections.Counter)  # the subject's others, same window
     cpu_s: float | None = None
     rss_peak_mib: float | None = None
     pods_seen: int = 0
@@ -159,6 +161,18 @@ class RssSampler:
                 return
 
 
+def of_jobs(request: audit_log.Request, names: list[str]) -> bool:
+    """Whether a request is part of starting these jobs: it names one of them or an object named after one (its
+    pods, Service, ConfigMap, events, status). Requests without a name (creates the audit log names nothing for,
+    LISTs) count against the subject; requests for other objects (an earlier job's progress log) and
+    non-resource requests (API discovery) are the subject's background, reported apart."""
+    if request.resource.startswith("/"):
+        return False
+    if not request.name:
+        return True
+    return any(request.name == name or request.name.startswith((f"{name}-", f"{name}.")) for name in names)
+
+
 def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, settle: float, timeout: float
             ) -> Measurement:
     """Starts `names` at once; waits for all their pods, then for the subject's requests to stop for `settle` s."""
@@ -183,7 +197,8 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
     return Measurement(
         job_created_s=[done[name] - started for name in names],
         last_created_s=max(done.values()) - started,
-        requests=audit_log.count(requests),
+        requests=audit_log.count([r for r in requests if of_jobs(r, names)]),
+        background=audit_log.count([r for r in requests if not of_jobs(r, names)]),
         cpu_s=cpu_seconds(subject.pid) - cpu_before if subject.pid else None,
         rss_peak_mib=rss.peak or None,
         pods_seen=len(subject.watch.created),
@@ -221,12 +236,14 @@ def run_single(cluster, args, subjects_wanted, poster, log_dir, peer_directory, 
                     for kind in subjects_wanted]
         times = collections.defaultdict(list)
         requests = collections.defaultdict(collections.Counter)
+        background = collections.defaultdict(collections.Counter)
         for run in range(args.single_runs + 1):  # run 0 warms up (connections, caches, first reconcile)
             for subject in rotated(subjects, run):
                 m = measure(subject, [f"s{run}"], tail, settle=args.settle, timeout=120)
                 if run:
                     times[subject.kind] += m.job_created_s
                     requests[subject.kind] += m.requests
+                    background[subject.kind] += m.background
         namespaces = [s.namespace for s in subjects]
     for namespace in namespaces:
         delete_namespace(cluster, namespace)
@@ -237,7 +254,8 @@ def run_single(cluster, args, subjects_wanted, poster, log_dir, peer_directory, 
         ms = [t * 1000 for t in times[kind]]
         single[kind] = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
                         "requests_per_job": per_job(requests[kind], args.single_runs),
-                        "requests_per_job_total": round(sum(requests[kind].values()) / args.single_runs, 2)}
+                        "requests_per_job_total": round(sum(requests[kind].values()) / args.single_runs, 2),
+                        "background_per_run": per_job(background[kind], args.single_runs)}
     for kind in subjects_wanted:
         row, floor, peer = single[kind], single.get("floor", {}), single.get("peer", {})
         print(f"  {kind:10} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f}   "
@@ -262,7 +280,8 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
         burst[kind] = {"last_created_s": m.last_created_s, "job_created_p50_s": percentile(m.job_created_s, 50),
                        "cpu_s": m.cpu_s, "rss_peak_mib": m.rss_peak_mib, "pods_seen": m.pods_seen,
                        "pods_expected": jobs * args.nnodes, "requests_per_job": per_job(m.requests, jobs),
-                       "requests_per_job_total": round(sum(m.requests.values()) / jobs, 2)}
+                       "requests_per_job_total": round(sum(m.requests.values()) / jobs, 2),
+                       "background_per_run": dict(sorted(m.background.items()))}
     for kind in [k for k in SUBJECTS if k in burst]:
         row, floor, peer = burst[kind], burst.get("floor", {}), burst.get("peer", {})
         cpu = f"{row['cpu_s']:6.1f}" if row["cpu_s"] is not None else "     -"
@@ -284,6 +303,9 @@ def print_requests(figures: dict) -> None:
             if isinstance(row, dict) and "requests_per_job" in row:
                 detail = ", ".join(f"{k} {v:g}" for k, v in row["requests_per_job"].items())
                 print(f"  {phase:10} {kind:10} {row['requests_per_job_total']:5.1f}  ({detail})")
+                if row.get("background_per_run"):
+                    other = ", ".join(f"{k} {v:g}" for k, v in row["background_per_run"].items())
+                    print(f"  {'':10} {'':10}        not of the measured jobs, per run: {other}")
 
 
 def main(argv: list[str] | None = None) -> int:
