@@ -159,6 +159,9 @@ class _JobState:
     shared: tuple[int, bool, dict[str, Any] | None] | None = None
     progress_clock: tuple[str, float] | None = None  # (rank-0 pod uid, monotonic time its log was last due/read)
     status_written_at: float | None = None  # monotonic time of this process's last status write for the job
+    # Created while this process watched (its ADDED event) and no gang created yet: its first gang's Service,
+    # ConfigMap and pods are created all at once (see _apply).
+    fresh: bool = False
 
     @classmethod
     def holding(cls, body: Mapping[str, Any] | None) -> "_JobState":
@@ -265,6 +268,7 @@ class JobReconciler:
                 # Created while this process watches: every pod it will have, the pod watch delivers (or a create
                 # answers). A job found by a listing (type None) may have pods from before: its first look LISTs.
                 state.pods_trusted_since = self.pod_cache.listings
+                state.fresh = True
         version = meta.get("resourceVersion")
         if state.packed is not None and not _newer(version, state.version):
             return  # an old event (our own status patch already gave us a newer body) or the echo of our patch
@@ -571,9 +575,17 @@ class JobReconciler:
         self, state: _JobState, job: Mapping[str, Any], attempt: int, actions: list[rc.Action]
     ) -> tuple[tuple[rc.Action, Exception] | None, bool]:
         """Apply the actions in order; consecutive creates of pods run concurrently (as do the Service's and the
-        ConfigMap's). Returns (the first failure, whether an existing ConfigMap differs from the rendered one);
-        a failure stops the actions after its batch."""
+        ConfigMap's, before them). Returns (the first failure, whether an existing ConfigMap differs from the
+        rendered one); a failure stops the actions after its batch.
+
+        The first gang of a job created while this process watched (`fresh`) is one concurrent batch, Service,
+        ConfigMap and pods: one round trip instead of two. Its ConfigMap can only exist already if a deleted job of
+        the same name left it behind (the garbage collector had not removed it yet); if its data differ, they are
+        replaced at once, while the pods created in the same instant are at best being scheduled (no container can
+        have read them)."""
         namespace = job["metadata"]["namespace"]
+        together = state.fresh and attempt == 0
+        state.fresh = False
         index = 0
         while index < len(actions):
             action = actions[index]
@@ -582,7 +594,7 @@ class JobReconciler:
                 batch = [action]
                 while index + len(batch) < len(actions):
                     following = actions[index + len(batch)]
-                    if not isinstance(following, rc.CreateObject) or (following.kind == "Pod") != tier:
+                    if not isinstance(following, rc.CreateObject) or (not together and (following.kind == "Pod") != tier):
                         break
                     batch.append(following)
                 index += len(batch)
@@ -606,9 +618,16 @@ class JobReconciler:
                     return (permanent or failures)[0], False
                 if any(create.kind == "ConfigMap" and outcome is None for create, outcome in zip(batch, outcomes)):
                     found = (state.shared or (attempt, False, None))[2] or {}
-                    desired = next(create for create in batch if create.kind == "ConfigMap").body.get("data") or {}
+                    create = next(create for create in batch if create.kind == "ConfigMap")
+                    desired = create.body.get("data") or {}
                     if dict(found.get("data") or {}) != dict(desired):
-                        return None, True
+                        if not any(create.kind == "Pod" for create in batch):
+                            return None, True  # decided again: the data are replaced before any pod is created
+                        try:
+                            self.kube.replace_configmap_data(namespace, create.name, desired, current=found)
+                        except ApiException as error:
+                            return (rc.ReplaceConfigMapData(create.name, desired), error), False
+                        state.shared = (attempt, (state.shared or (attempt, False, None))[1], {"data": dict(desired)})
                 continue
             index += 1
             try:

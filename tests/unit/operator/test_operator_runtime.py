@@ -305,3 +305,56 @@ def test_only_a_rereading_resync_makes_the_next_look_read_the_job_and_its_pods()
 
     assert asyncio.run(resync(reread=True)) is True
     assert asyncio.run(resync(reread=False)) is False
+
+
+def test_a_new_jobs_first_gang_is_created_in_one_round_trip_service_configmap_and_pods_at_once():
+    import threading
+
+    class SlowConfigMapKube(RecordingKube):
+        """The ConfigMap's create answers only once a pod create has arrived: sequential creates would deadlock."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pod_arrived = threading.Event()
+
+        def create(self, namespace, body):
+            if body["kind"] == "Pod":
+                self.pod_arrived.set()
+            elif body["kind"] == "ConfigMap":
+                assert self.pod_arrived.wait(5), "the pods waited for the ConfigMap"
+            return super().create(namespace, body)
+
+    import asyncio
+
+    kube = SlowConfigMapKube()
+    reconciler = _reconciler(kube)
+
+    async def added_then_reconciled():
+        reconciler.job_event("ADDED", kube.objects[("SFTJob", "train")])  # created while watched: fresh
+        state = reconciler.jobs[("ns", "train")]
+        state.handle.cancel()  # reconciled here instead, in this thread
+        assert state.fresh
+        reconciler.reconcile_now(("ns", "train"))
+        return state
+
+    state = asyncio.run(added_then_reconciled())
+    assert sorted(kube.requests) == sorted([("create", "Service"), ("create", "ConfigMap")] + [("create", "Pod")] * 4)
+    assert not state.fresh  # later gangs (restarts) create the Service and ConfigMap first again
+    reconciler.close()
+
+
+def test_a_new_jobs_configmap_left_by_a_deleted_namesake_gets_its_data_replaced_in_the_same_look():
+    from sftjob_operator.handlers import _JobState
+
+    kube = RecordingKube()
+    kube.objects[("ConfigMap", "train-params")] = kube._stamp(
+        {"kind": "ConfigMap", "metadata": {"name": "train-params"}, "data": {"params.json": "{}"}})
+    reconciler = _reconciler(kube)
+    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
+    state.pods_trusted_since, state.fresh = reconciler.pod_cache.listings, True
+    reconciler.reconcile_now(("ns", "train"))
+    creates = [r for r in kube.requests if r[0] == "create"]
+    assert sorted(creates) == sorted([("create", "Service"), ("create", "ConfigMap")] + [("create", "Pod")] * 4)
+    assert kube.requests[len(creates):] == [("get", "ConfigMap"), ("patch", "ConfigMap")]
+    assert kube.objects[("ConfigMap", "train-params")]["data"] != {"params.json": "{}"}
+    reconciler.close()
