@@ -58,7 +58,7 @@ class RuntimeSettings:
     debounce_seconds: float = 0.2  # pod events for one job within this window cause one reconciliation
     # A status write that only reports progress within a phase (rc.status_only_reports) waits until this long after
     # the job's previous write; phase changes, remembered state and events are written at once.
-    status_report_seconds: float = 1.0
+    status_report_seconds: float = 2.0
     workers: int = 16  # threads doing API calls (jobs reconciled in parallel)
     error_retry_seconds: float = 5.0
 
@@ -496,8 +496,8 @@ class JobReconciler:
             and not st.condition_is_true(old_status.get("conditions"), st.CREATED)
             and not gang_started
         )
-        # Needed only before a gang's first pod is created: the Service and ConfigMap are created before the pods
-        # (and the ConfigMap must match the spec then); once a pod exists they are known to exist.
+        # Needed only before a gang's first pod is created: the Service and ConfigMap are created with or before the
+        # pods (and the ConfigMap must match the spec then: _apply); once a pod exists they are known to exist.
         if building:
             service, configmap = self._shared_objects(state, attempt)
         now = self.clock()
