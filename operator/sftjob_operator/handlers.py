@@ -414,7 +414,7 @@ class JobReconciler:
         known_uid = None
         if job is None:
             state.refresh = False
-            known_uid = (state.body or {}).get("metadata", {}).get("uid")
+            known_uid = state.uid
             state.pods_trusted_since = None  # a resync reads the pods from the API server too
             job = _kept(self.kube.get_job(namespace, name))
             state.body = job

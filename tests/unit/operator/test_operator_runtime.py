@@ -134,13 +134,19 @@ def _run(reconciler, pod_events=()):
     return reconciler.reconcile_now(("ns", "train"))
 
 
-def test_a_gang_start_is_six_concurrent_creates_then_one_status_write_and_one_event():
-    kube = RecordingKube()
-    reconciler = _reconciler(kube)
+def _watched(reconciler, kube):
+    """The job as created while the operator watched (an ADDED event): its pods all come from the watch."""
     from sftjob_operator.handlers import _JobState
 
     reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
-    state.pods_trusted_since = reconciler.pod_cache.listings  # created while watched (an ADDED event)
+    state.pods_trusted_since = reconciler.pod_cache.listings
+    return state
+
+
+def test_a_gang_start_is_six_concurrent_creates_then_one_status_write_and_one_event():
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    state = _watched(reconciler, kube)
     requeue = reconciler.reconcile_now(("ns", "train"))
     assert sorted(kube.requests) == sorted([("create", "Service"), ("create", "ConfigMap")] + [("create", "Pod")] * 4)
     assert requeue == reconciler.settings.debounce_seconds  # the look that writes the status comes next
@@ -170,10 +176,7 @@ def test_a_gang_start_is_six_concurrent_creates_then_one_status_write_and_one_ev
 def test_a_restart_decided_from_the_cache_is_checked_with_a_list_first():
     kube = RecordingKube()
     reconciler = _reconciler(kube)
-    from sftjob_operator.handlers import _JobState
-
-    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
-    state.pods_trusted_since = reconciler.pod_cache.listings
+    state = _watched(reconciler, kube)
     reconciler.reconcile_now(("ns", "train"))
     _run(reconciler)  # Created=True from the pods the creates answered
     assert state.body["status"]["conditions"]
@@ -191,12 +194,9 @@ def test_a_restart_decided_from_the_cache_is_checked_with_a_list_first():
 def test_an_existing_configmap_with_other_data_is_replaced_before_the_pods_are_created():
     kube = RecordingKube()
     reconciler = _reconciler(kube)
-    from sftjob_operator.handlers import _JobState
-
     kube.objects[("ConfigMap", "train-params")] = kube._stamp(
         {"kind": "ConfigMap", "metadata": {"name": "train-params"}, "data": {"params.json": "{}"}})
-    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
-    state.pods_trusted_since = reconciler.pod_cache.listings
+    state = _watched(reconciler, kube)
     reconciler.reconcile_now(("ns", "train"))
     assert kube.requests[:2] in ([("create", "Service"), ("create", "ConfigMap")], [("create", "ConfigMap"), ("create", "Service")])
     # Read once (its create said it exists), decided again: status first (not only "creating" now), data, pods.
@@ -208,10 +208,7 @@ def test_an_existing_configmap_with_other_data_is_replaced_before_the_pods_are_c
 def test_a_status_that_only_reports_progress_waits_for_the_report_interval_a_new_phase_does_not():
     kube = RecordingKube()
     reconciler = _reconciler(kube)
-    from sftjob_operator.handlers import _JobState
-
-    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
-    state.pods_trusted_since = reconciler.pod_cache.listings
+    state = _watched(reconciler, kube)
     reconciler.reconcile_now(("ns", "train"))  # the creates
     _run(reconciler)  # the pods exist, none has a node: Created, Pending (and its event), written at once
 
@@ -250,8 +247,7 @@ def test_a_status_that_only_reports_progress_waits_for_the_report_interval_a_new
     kube = RecordingKube()
     reconciler = _reconciler(kube)
     reconciler.settings.status_report_seconds = 0  # no spacing: every report is written
-    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
-    state.pods_trusted_since = reconciler.pod_cache.listings
+    state = _watched(reconciler, kube)
     reconciler.reconcile_now(("ns", "train"))
     _run(reconciler)
     kube.requests.clear()
@@ -344,14 +340,12 @@ def test_a_new_jobs_first_gang_is_created_in_one_round_trip_service_configmap_an
 
 
 def test_a_new_jobs_configmap_left_by_a_deleted_namesake_gets_its_data_replaced_in_the_same_look():
-    from sftjob_operator.handlers import _JobState
-
     kube = RecordingKube()
     kube.objects[("ConfigMap", "train-params")] = kube._stamp(
         {"kind": "ConfigMap", "metadata": {"name": "train-params"}, "data": {"params.json": "{}"}})
     reconciler = _reconciler(kube)
-    reconciler.jobs[("ns", "train")] = state = _JobState.holding(kube.objects[("SFTJob", "train")])
-    state.pods_trusted_since, state.fresh = reconciler.pod_cache.listings, True
+    state = _watched(reconciler, kube)
+    state.fresh = True
     reconciler.reconcile_now(("ns", "train"))
     creates = [r for r in kube.requests if r[0] == "create"]
     assert sorted(creates) == sorted([("create", "Service"), ("create", "ConfigMap")] + [("create", "Pod")] * 4)
