@@ -59,6 +59,10 @@ class RuntimeSettings:
     # A status write that only reports progress within a phase (rc.status_only_reports) waits until this long after
     # the job's previous write; phase changes, remembered state and events are written at once.
     status_report_seconds: float = 2.0
+    # While jobs created meanwhile wait for their first look (their gang's creates), the looks at other jobs wait, up
+    # to this long: a burst of new jobs gets its pods first, and the API server's time is theirs; the others'
+    # reports and progress follow. 0: no waiting.
+    starts_first_seconds: float = 5.0
     workers: int = 16  # threads doing API calls (jobs reconciled in parallel)
     error_retry_seconds: float = 5.0
 
@@ -70,6 +74,7 @@ class RuntimeSettings:
             ("SFTJOB_OPERATOR_REREAD_SECONDS", "reread_seconds", float),
             ("SFTJOB_OPERATOR_DEBOUNCE_SECONDS", "debounce_seconds", float),
             ("SFTJOB_OPERATOR_STATUS_REPORT_SECONDS", "status_report_seconds", float),
+            ("SFTJOB_OPERATOR_STARTS_FIRST_SECONDS", "starts_first_seconds", float),
             ("SFTJOB_OPERATOR_WORKERS", "workers", int),
             ("SFTJOB_OPERATOR_ERROR_RETRY_SECONDS", "error_retry_seconds", float),
         ):
@@ -162,6 +167,7 @@ class _JobState:
     # Created while this process watched (its ADDED event) and no gang created yet: its first gang's Service,
     # ConfigMap and pods are created all at once (see _apply).
     fresh: bool = False
+    postponed_since: float | None = None  # loop time since which this job's look waits for new jobs' first looks
 
     @classmethod
     def holding(cls, body: Mapping[str, Any] | None) -> "_JobState":
@@ -206,6 +212,8 @@ class JobReconciler:
         self.sweeper: OrphanSweeper | None = None  # started with the event loop (register.configure)
         self._jobs_streaming = False  # the SFTJob watch delivered live events since its last listing
         self._relist_resync: asyncio.TimerHandle | None = None
+        self._first_looks: set[JobKey] = set()  # jobs created while watched, their first look not done yet
+        self._postponed: set[JobKey] = set()  # looks waiting for those (_waits_for_starts)
 
     # --- triggers (event loop) ---------------------------------------------------------------------------------
 
@@ -259,6 +267,7 @@ class JobReconciler:
             state = self.jobs.pop(key, None)
             if state and state.handle:
                 state.handle.cancel()
+            self._first_look_done(key)
             self._delete_gang_of_deleted(key, meta.get("uid"))
             return
         state = self.jobs.get(key)
@@ -269,6 +278,8 @@ class JobReconciler:
                 # answers). A job found by a listing (type None) may have pods from before: its first look LISTs.
                 state.pods_trusted_since = self.pod_cache.listings
                 state.fresh = True
+                if self.active():
+                    self._first_looks.add(key)
         version = meta.get("resourceVersion")
         if state.packed is not None and not _newer(version, state.version):
             return  # an old event (our own status patch already gave us a newer body) or the echo of our patch
@@ -328,10 +339,22 @@ class JobReconciler:
         key = self.pod_cache.observe(event_type, body)
         if self.pod_cache.listings != listings:
             self._watch_relisted()  # every job LISTs its pods on its next look; a job whose pods all went, too
-        if key is not None:
-            if key in self.jobs:
-                self.jobs[key].quiet = False
-            self.trigger(key, delay=self.settings.debounce_seconds)
+        if key is None:
+            return
+        state = self.jobs.get(key)
+        if state is not None:
+            state.quiet = False
+        elif not rc.may_hold_its_group(body):
+            # A pod of a job this process does not know: deleted (its DELETED came first: a mass delete brings one
+            # event per pod, and a look at each would be a GET and a LIST of a job that is gone), or not yet
+            # listed (its listing triggers the look). Orphans of a deletion no watch saw: the orphan sweep.
+            return
+        self.trigger(key, delay=self.settings.debounce_seconds)
+
+    def pods_listed(self) -> None:
+        """The pod watch finished a listing; one that brought no pod at all is noticed here (see pod_event)."""
+        if self.pod_cache.listed():
+            self._watch_relisted()
 
     def resync_all(self, *, reread: bool = True, spread: float = 1.0) -> None:
         """Look at every unfinished job again; `reread`: reading the job and its pods from the API server first.
@@ -371,6 +394,8 @@ class JobReconciler:
         if state.running:
             state.again = True
             return
+        if self._waits_for_starts(key, state):
+            return
         state.running = True
         requeue: float | None = None
         try:
@@ -388,6 +413,7 @@ class JobReconciler:
                 log.exception("reconciling %s/%s failed (a bug); retrying in %.0f s", *key, requeue)
         finally:
             state.running = False
+            self._first_look_done(key)
         if key not in self.jobs or self.closing:
             return
         if not self.active():
@@ -397,6 +423,35 @@ class JobReconciler:
             self._schedule(state, key, 0)
         if requeue is not None:
             self._schedule(state, key, requeue)
+
+    def _waits_for_starts(self, key: JobKey, state: _JobState) -> bool:
+        """Whether this look waits (rescheduled) while jobs created meanwhile wait for their first look: a burst of
+        new jobs gets its gangs created first. At most `starts_first_seconds`; released as soon as they are done."""
+        bound = self.settings.starts_first_seconds
+        if bound <= 0 or not self._first_looks or key in self._first_looks:
+            state.postponed_since = None
+            return False
+        now = self._loop.time()
+        if state.postponed_since is None:
+            state.postponed_since = now
+        left = state.postponed_since + bound - now
+        if left <= 0:
+            state.postponed_since = None
+            return False
+        self._postponed.add(key)
+        self._schedule(state, key, left)
+        return True
+
+    def _first_look_done(self, key: JobKey) -> None:
+        if key not in self._first_looks:
+            return
+        self._first_looks.discard(key)
+        if self._first_looks or not self._postponed:
+            return
+        postponed, self._postponed = self._postponed, set()
+        for waiting in postponed:
+            if waiting in self.jobs:
+                self.trigger(waiting)
 
     def _retry_delay(self, state: _JobState) -> float:
         """Exponential backoff after failed reconciliations: error_retry_seconds, doubling, at most 16x."""
@@ -748,7 +803,7 @@ def register(
     SIGTERM releases the Lease before kopf stops (`stop_flag` is kopf's: set once the Lease is released)."""
     import kopf
 
-    from sftjob_operator import watch_health
+    from sftjob_operator import pod_watch, watch_health
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -774,6 +829,14 @@ def register(
                 reconciler._background.append(asyncio.ensure_future(
                     watch_health.watchdog(reconciler.kube.serves_sftjobs, health, insights, rescan)
                 ))
+        # The pods: the operator's own lean watch (pod_watch.py), not a kopf handler.
+        pod_watch.select_managed_pods(settings)
+        for namespace in reconciler.namespaces or (None,):
+            reconciler._background.append(asyncio.ensure_future(
+                pod_watch.watch_pods(settings, namespace, reconciler.pod_event, reconciler.pods_listed)
+            ))
+        if health is not None:
+            health.served["pods"] = True
         reconciler._background.append(asyncio.ensure_future(_resync_forever(reconciler)))
         reconciler.sweeper = OrphanSweeper(
             reconciler.kube, reconciler.namespaces, quiet_interval=reconciler.settings.reread_seconds,
@@ -805,12 +868,6 @@ def register(
         body = event.get("object")
         if body:
             reconciler.job_event(event.get("type"), body)
-
-    @kopf.on.event("", "v1", "pods", labels={labels.MANAGED_BY: labels.MANAGED_BY_VALUE}, registry=registry)
-    async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
-        body = event.get("object")
-        if body:
-            reconciler.pod_event(event.get("type"), body)
 
     @kopf.on.probe(id="jobs", registry=registry)
     def jobs_known(**_: Any) -> int:

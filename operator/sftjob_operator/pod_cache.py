@@ -9,7 +9,7 @@ Never trusted blindly (level-based correctness, docs/architecture.md):
 - an entry is replaced only by a newer resourceVersion of the pod (events and POST answers arrive out of order);
 - a job's entries are replaced wholesale by a LIST (`replace`) whenever the handler does not trust them: the first
   look at a job that existed before this process watched it, a resync, a new leader, and after the pod watch
-  listed again (kopf re-lists after a 410 Gone or a broken stream: a pod deleted in the gap sends no DELETED);
+  listed again (it re-lists after a 410 Gone or a broken stream: a pod deleted in the gap sends no DELETED);
 - the handler relists before an irreversible decision taken from cached pods (restart, finish), so a missed event
   can delay a decision but never make a wrong one.
 """
@@ -152,7 +152,7 @@ class PodCache:
     # --- the watch and the handler's own writes ----------------------------------------------------------------
 
     def observe(self, event_type: str | None, pod: Mapping[str, Any]) -> JobKey | None:
-        """A pod watch event (type None: part of kopf's (re)listing). Returns the pod's job, or None."""
+        """A pod watch event (type None: part of a (re)listing, pod_watch.py). Returns the pod's job, or None."""
         key = job_of(pod)
         with self._lock:
             if event_type is None:
@@ -167,6 +167,16 @@ class PodCache:
                 else:
                     self._put(key, pod)
         return key
+
+    def listed(self) -> bool:
+        """A listing of the pod watch is over. Returns whether it was a relisting that brought no pod (no event of
+        type None told `observe`): live events came since the last one, and every pod may be gone."""
+        with self._lock:
+            if not self._streaming:
+                return False
+            self._streaming = False
+            self.listings += 1
+            return True
 
     def put(self, pod: Mapping[str, Any]) -> None:
         """A pod the handler just created (the POST's answer): known before its watch event arrives."""

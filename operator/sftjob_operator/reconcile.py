@@ -242,6 +242,12 @@ def kueue_gated(pod: Mapping[str, Any]) -> bool:
     return any(gate.startswith(labels.KUEUE_PREFIX) for gate in scheduling_gates(pod))
 
 
+def may_hold_its_group(pod: Mapping[str, Any]) -> bool:
+    """A Kueue-managed pod (its finalizer) without a node: when its job is gone, its group may be one of the
+    unadmitted_groups, which only deleting their Workload ends."""
+    return labels.KUEUE_FINALIZER in (pod["metadata"].get("finalizers") or ()) and not (pod.get("spec") or {}).get("nodeName")
+
+
 def unadmitted_groups(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     """Kueue pod groups among `pods` that Kueue manages (its finalizer) and none of whose pods got a node: deleting
     their Workload releases them at once (no kubelet will ever end their pods)."""

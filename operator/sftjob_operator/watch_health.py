@@ -1,4 +1,4 @@
-"""Is the operator connected? The API server answers, and kopf watches SFTJobs and pods.
+"""Is the operator connected? The API server answers, kopf watches SFTJobs and the pod watch (pod_watch.py) runs.
 
 An operator that looks alive but watches nothing is the worst failure it can have: jobs get no pods and no
 status while every probe passes. Three things prevent it:
@@ -7,7 +7,8 @@ status while every probe passes. Three things prevent it:
   before kopf scans the cluster's resources. kopf scans once; a scan made while the API server is down or has
   not yet loaded the CRD finds no SFTJobs ("Unresolved resources cannot be served") and kopf never looks again.
 - a watchdog looks every few seconds: it asks discovery (so it notices an outage even when no job is busy), and
-  when kopf serves neither resource it scans again, the way kopf does itself when a CRD changes.
+  when kopf does not watch SFTJobs it scans again, the way kopf does itself when a CRD changes. (The pod watch
+  needs no scan: it watches a core resource, and starts after the wait above.)
 - while the API server is unreachable for longer than `grace_seconds`, or a resource is not watched, the
   `/healthz` probe fails (liveness and readiness: Kubernetes restarts the operator or stops routing to it) and
   `sftjob_operator_watch_established{resource}` is 0.
@@ -32,6 +33,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("sftjob_operator")
 
 WATCHED = ("sftjobs", "pods")
+KOPF_WATCHED = ("sftjobs",)  # through kopf's resource scan; the pods through pod_watch.py
 
 
 def describe_error(error: BaseException) -> str:
@@ -193,18 +195,18 @@ async def watchdog(
             health.call_failed("discovery of training-hub.io/v1alpha1", error)
             crd_served = False
         plurals = served_plurals(insights)
-        for name in health.served:
+        for name in KOPF_WATCHED:
             health.served[name] = name in plurals
         # Before kopf's own first scan (it starts after the start-up handlers) there is nothing to judge.
-        if crd_served and insights.ready_resources.is_set() and not set(WATCHED) <= plurals:
+        if crd_served and insights.ready_resources.is_set() and not set(KOPF_WATCHED) <= plurals:
             log.warning("kopf watches %s, not %s: scanning the API's resources again", sorted(plurals) or "nothing",
-                        sorted(set(WATCHED) - plurals))
+                        sorted(set(KOPF_WATCHED) - plurals))
             try:
                 await rescan()
             except Exception as error:  # noqa: BLE001 - retried on the next tick
                 log.warning("rescanning the API's resources failed: %s", describe_error(error))
             plurals = served_plurals(insights)
-            for name in health.served:
+            for name in KOPF_WATCHED:
                 health.served[name] = name in plurals
         await asyncio.sleep(interval)
 

@@ -352,3 +352,81 @@ def test_a_new_jobs_configmap_left_by_a_deleted_namesake_gets_its_data_replaced_
     assert kube.requests[len(creates):] == [("get", "ConfigMap"), ("patch", "ConfigMap")]
     assert kube.objects[("ConfigMap", "train-params")]["data"] != {"params.json": "{}"}
     reconciler.close()
+
+
+# --- new jobs first (handlers.JobReconciler._waits_for_starts) ------------------------------------------------------
+
+
+def _looks_in_order(starts_first_seconds: float, look_seconds: float) -> list[tuple[str, str, float]]:
+    """An old job's look is due, then two jobs are created (ADDED): which looks start and end when."""
+    import asyncio
+    import threading
+
+    from sftjob_operator.handlers import _JobState
+
+    reconciler = _reconciler(RecordingKube())
+    reconciler.settings = RuntimeSettings(workers=4, starts_first_seconds=starts_first_seconds)
+    seen: list[tuple[str, str, float]] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def look(key):
+        with lock:
+            seen.append(("start", key[1], time.monotonic() - started))
+        time.sleep(look_seconds)
+        with lock:
+            seen.append(("end", key[1], time.monotonic() - started))
+
+    reconciler.reconcile_now = look
+
+    async def scenario():
+        reconciler._loop = asyncio.get_running_loop()
+        reconciler.jobs[("ns", "old")] = _JobState.holding({"metadata": {"namespace": "ns", "name": "old", "resourceVersion": "1"}})
+        reconciler.trigger(("ns", "old"))
+        for name in ("new-1", "new-2"):
+            reconciler.job_event("ADDED", {"metadata": {"namespace": "ns", "name": name, "resourceVersion": "2"}})
+        while len(seen) < 6:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    reconciler.close()
+    return seen
+
+
+def test_a_burst_of_new_jobs_is_looked_at_before_the_others():
+    seen = _looks_in_order(starts_first_seconds=5, look_seconds=0.05)
+    old_start = next(t for what, name, t in seen if what == "start" and name == "old")
+    new_ends = [t for what, name, t in seen if what == "end" and name != "old"]
+    assert len(new_ends) == 2 and old_start >= max(new_ends)  # released as soon as they are done, not at 5 s
+    assert old_start < 1
+
+
+def test_the_others_wait_no_longer_than_the_bound():
+    seen = _looks_in_order(starts_first_seconds=0.1, look_seconds=0.5)
+    old_start = next(t for what, name, t in seen if what == "start" and name == "old")
+    new_ends = [t for what, name, t in seen if what == "end" and name != "old"]
+    assert 0.1 <= old_start < min(new_ends)
+    seen = _looks_in_order(starts_first_seconds=0, look_seconds=0.2)  # off: in the order they came
+    assert [name for what, name, _ in seen if what == "start"][0] == "old"
+
+
+def test_pods_of_a_job_the_operator_does_not_know_cause_no_look_unless_kueue_holds_them():
+    """A mass delete brings each pod's events after its job's DELETED: no GET and LIST of a job that is gone. A
+    Kueue-managed pod without a node still gets its look (its Workload is released: _release_orphans)."""
+    import asyncio
+
+    reconciler = _reconciler(RecordingKube())
+
+    def pod(name, **meta):
+        return {"metadata": {"namespace": "ns", "name": f"{name}-node-0", "uid": f"u-{name}", "resourceVersion": "5",
+                             "labels": {"training-hub.io/job-name": name}, **meta}, "spec": {}, "status": {}}
+
+    async def scenario():
+        reconciler._loop = asyncio.get_running_loop()
+        reconciler.pod_event("MODIFIED", pod("gone", deletionTimestamp="2026-11-29T10:00:00Z"))
+        reconciler.pod_event("MODIFIED", pod("held", finalizers=["kueue.x-k8s.io/managed"]))
+        return set(reconciler.jobs)
+
+    assert asyncio.run(scenario()) == {("ns", "held")}
+    assert len(reconciler.pod_cache.pods(("ns", "gone"))) == 1  # still cached (the orphan sweep looks there)
+    reconciler.close()

@@ -106,6 +106,17 @@ def test_a_relisting_watch_is_noticed_so_jobs_list_again():
     assert cache.listings == 1
 
 
+def test_a_relisting_that_brought_no_pod_is_noticed_at_its_end():
+    cache = PodCache()
+    assert not cache.listed() and cache.listings == 0  # the first listing, empty
+    cache.observe("ADDED", pod(0, 10))
+    cache.observe(None, pod(0, 10))  # a relisting with pods: noticed at its first pod, not again at its end
+    assert not cache.listed() and cache.listings == 1
+    cache.observe("DELETED", pod(0, 11))
+    assert cache.listed() and cache.listings == 2  # every pod went in the gap: the listing's end tells
+    assert not cache.listed() and cache.listings == 2
+
+
 def test_a_delete_that_found_nothing_drops_the_entry():
     cache = PodCache()
     cache.observe("ADDED", pod(0, 10, uid="a"))

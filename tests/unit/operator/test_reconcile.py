@@ -1214,6 +1214,9 @@ def test_unadmitted_groups_are_the_kueue_managed_groups_without_a_bound_pod():
     unmanaged = queued_pod(0)
     unmanaged["metadata"]["finalizers"] = []
     assert rc.unadmitted_groups([unmanaged]) == []
+    # Pod by pod: only a managed pod without a node may hold such a group.
+    assert [rc.may_hold_its_group(pod) for pod in pods] == [True, False, True, False]
+    assert not rc.may_hold_its_group(unmanaged)
 
 
 def test_under_kueue_preparing_does_not_start_the_deadline_clock_admission_does():
