@@ -55,12 +55,13 @@ def orphaned_pods(pods: Iterable[Mapping[str, Any]], live_job_uids: set[str]) ->
 
 def sweep(kube: Any, namespace: str | None, pods_in: Any, known_uids: Any = None) -> int:
     """Delete the orphaned pods of one namespace (None: every namespace). Returns how many deletions were accepted.
-    The pods come from `pods_in(namespace)` (the operator's pod cache: no LIST). Suspects are the pods whose job
+    The pods come from `pods_in(namespace, known)` (the operator's pod cache: no LIST; those a known job controls
+    may be left out). Suspects are the pods whose job
     `known_uids()` (the jobs the operator's watch delivered) does not hold (None: every pod a job owns); only when
     there are suspects, one LIST of the SFTJobs decides. A job the operator knows but that was deleted unseen is
     found by its next read (the resync after an outage or a re-list, the reread period)."""
-    pods = pods_in(namespace)
-    suspects = orphaned_pods(pods, known_uids() if known_uids is not None else set())
+    known = known_uids() if known_uids is not None else set()
+    suspects = orphaned_pods(pods_in(namespace, known), known)
     if not suspects:
         return 0
     live = kube.list_job_uids(namespace)  # after the pods: a job that still owns a listed pod is in here

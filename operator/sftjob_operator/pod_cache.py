@@ -122,13 +122,15 @@ class _Entry(NamedTuple):
 
     version: str | None
     uid: str
+    owner: str | None  # the controller's uid (the orphan sweep picks its suspects without decoding every pod)
     packed: bytes
 
     @classmethod
     def of(cls, pod: Mapping[str, Any]) -> "_Entry":
         slim = slim_pod(pod)
         meta = slim["metadata"]
-        return cls(meta.get("resourceVersion"), meta.get("uid", ""), json.dumps(slim, separators=(",", ":")).encode())
+        owner = next((ref.get("uid") for ref in meta.get("ownerReferences") or ()), None)
+        return cls(meta.get("resourceVersion"), meta.get("uid", ""), owner, json.dumps(slim, separators=(",", ":")).encode())
 
     def pod(self) -> dict[str, Any]:
         return json.loads(self.packed)
@@ -222,10 +224,14 @@ class PodCache:
             entries = list((self._pods.get(key) or {}).values())
         return [entry.pod() for entry in entries]
 
-    def pods_in(self, namespace: str | None) -> list[dict[str, Any]]:
-        """Every cached pod of a namespace (None: of every namespace): what the orphan sweep looks at."""
+    def pods_in(self, namespace: str | None, unless_owned_by: set[str] | None = None) -> list[dict[str, Any]]:
+        """The cached pods of a namespace (None: of every namespace): what the orphan sweep looks at. With
+        `unless_owned_by`: only pods with a controller whose uid is not in it (decoding only those)."""
         with self._lock:
-            entries = [entry for (where, _), pods in self._pods.items() if namespace in (None, where) for entry in pods.values()]
+            entries = [
+                entry for (where, _), pods in self._pods.items() if namespace in (None, where) for entry in pods.values()
+                if unless_owned_by is None or (entry.owner is not None and entry.owner not in unless_owned_by)
+            ]
         return [entry.pod() for entry in entries]
 
     # --- internals (lock held) ----------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class RecordingKube:
     def __init__(self, pods, job_uids, *, gone=()):
         self.pods, self.job_uids, self.gone, self.calls = pods, set(job_uids), set(gone), []
 
-    def pods_in(self, namespace):
+    def pods_in(self, namespace, unless_owned_by=None):  # every pod, whatever unless_owned_by: the sweep decides
         self.calls.append(("list pods", namespace))
         return self.pods
 
@@ -80,12 +80,12 @@ def test_sweep_all_covers_every_namespace_and_survives_errors(caplog):
     from kubernetes.client.rest import ApiException
 
     class Failing(RecordingKube):
-        def pods_in(self, namespace):
+        def pods_in(self, namespace, unless_owned_by=None):
             if namespace == "forbidden":
                 raise ApiException(status=403, reason="Forbidden")
             if namespace == "down":
                 raise ConnectionRefusedError(111, "Connection refused")
-            return super().pods_in(namespace)
+            return super().pods_in(namespace, unless_owned_by)
 
     async def main():
         kube = Failing([_pod("a-0", "dead")], set())

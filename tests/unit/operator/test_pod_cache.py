@@ -131,3 +131,17 @@ def test_pods_of_other_jobs_and_unlabelled_pods_are_apart():
     cache.observe("ADDED", pod(0, 10, job="other"))
     assert cache.observe("ADDED", {"metadata": {"name": "x", "namespace": "ns", "resourceVersion": "1"}}) is None
     assert cache.pods(KEY) == [] and len(cache.pods(("ns", "other"))) == 1
+
+
+def test_the_sweep_gets_only_pods_whose_controller_is_not_a_known_job():
+    cache = PodCache()
+    cache.observe("ADDED", pod(0, 10))  # controlled by job-uid
+    stray = pod(1, 11, job="other")
+    stray["metadata"]["ownerReferences"] = [{"uid": "gone-uid", "kind": "SFTJob", "name": "other", "controller": True}]
+    cache.observe("ADDED", stray)
+    unowned = pod(2, 12, job="third")
+    del unowned["metadata"]["ownerReferences"]
+    cache.observe("ADDED", unowned)
+    assert len(cache.pods_in("ns")) == 3 and cache.pods_in("elsewhere") == []
+    assert [p["metadata"]["name"] for p in cache.pods_in("ns", {"job-uid"})] == ["other-node-1"]
+    assert cache.pods_in(None, {"job-uid", "gone-uid"}) == []  # a pod no SFTJob controls is never a suspect
