@@ -10,7 +10,7 @@ bench/operator_peer.py) and the operator (`sftjob-operator run`, production timi
   job's progress log read or API discovery, are printed apart as the subject's background);
 - CPU seconds (/proc/<pid>/stat) and peak RSS of the operator and the peer per burst.
 
-    .venv/bin/python bench/operator_anchors.py [--single-runs 20] [--bursts 100,200] [--nnodes 4]
+    .venv/bin/python bench/operator_anchors.py [--single-runs 20] [--bursts 100,200] [--burst-repeats 1] [--nnodes 4]
     .venv/bin/python bench/operator_anchors.py --scale            # 1,000 jobs x 8 nodes on 64 fake nodes
     .venv/bin/python bench/operator_anchors.py --subjects floor,operator   # without the peer
 
@@ -264,14 +264,18 @@ def run_single(cluster, args, subjects_wanted, poster, log_dir, peer_directory, 
 
 
 def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_directory, tail, figures) -> None:
-    results: dict[str, Measurement] = {}
-    for kind in order:
-        with contextlib.ExitStack() as stack:
-            subject = start_subject(kind, cluster, stack, args, poster, log_dir, peer_directory)
-            results[kind] = measure(subject, [f"b{jobs}-{i}" for i in range(jobs)], tail, settle=args.settle * 3,
-                                    timeout=max(600, jobs * 2))
-        delete_namespace(cluster, subject.namespace)
-    print(f"\n{jobs} jobs x {args.nnodes} nodes at once (order: {', '.join(order)}): start -> the last job's pods created")
+    runs: dict[str, list[Measurement]] = collections.defaultdict(list)
+    for repeat in range(args.burst_repeats):  # each repeat in another order: a load change moves every subject
+        for kind in rotated(order, repeat):
+            with contextlib.ExitStack() as stack:
+                subject = start_subject(kind, cluster, stack, args, poster, log_dir, peer_directory)
+                runs[kind].append(measure(subject, [f"b{jobs}-{i}" for i in range(jobs)], tail, settle=args.settle * 3,
+                                          timeout=max(600, jobs * 2)))
+            delete_namespace(cluster, subject.namespace)
+    # The repeat with the median time stands for the subject (its CPU, requests and RSS with it).
+    results = {kind: sorted(runs[kind], key=lambda m: m.last_created_s)[(len(runs[kind]) - 1) // 2] for kind in order}
+    repeated = f", {args.burst_repeats} repeats, median" if args.burst_repeats > 1 else ""
+    print(f"\n{jobs} jobs x {args.nnodes} nodes at once (order: {', '.join(order)}{repeated}): start -> the last job's pods created")
     print(f"  {'':10} {'last s':>8} {'job p50 s':>9}   {'/floor':>7} {'/peer':>7}   {'CPU s':>6} {'/peer':>7}   "
           f"{'RSS MiB':>7}   {'req/job':>7}   pods")
     burst = figures[f"burst_{jobs}"] = {}
@@ -281,7 +285,8 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
                        "cpu_s": m.cpu_s, "rss_peak_mib": m.rss_peak_mib, "pods_seen": m.pods_seen,
                        "pods_expected": jobs * args.nnodes, "requests_per_job": per_job(m.requests, jobs),
                        "requests_per_job_total": round(sum(m.requests.values()) / jobs, 2),
-                       "background_per_run": dict(sorted(m.background.items()))}
+                       "background_per_run": dict(sorted(m.background.items())),
+                       "last_created_s_per_repeat": [r.last_created_s for r in runs[kind]]}
     for kind in [k for k in SUBJECTS if k in burst]:
         row, floor, peer = burst[kind], burst.get("floor", {}), burst.get("peer", {})
         cpu = f"{row['cpu_s']:6.1f}" if row["cpu_s"] is not None else "     -"
@@ -291,6 +296,10 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
               f"{ratio(row['last_created_s'], peer.get('last_created_s')):>7}   {cpu} "
               f"{ratio(row['cpu_s'], peer.get('cpu_s')):>7}   {rss}   {row['requests_per_job_total']:7.1f}   "
               f"{row['pods_seen']}/{row['pods_expected']}")
+    if args.burst_repeats > 1 and "floor" in runs:
+        for kind in [k for k in SUBJECTS if k in runs and k != "floor"]:
+            ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs[kind], runs["floor"])]
+            print(f"  {kind} / floor, repeat by repeat: {', '.join(f'{r:.2f}x' for r in ratios)}")
 
 
 def print_requests(figures: dict) -> None:
@@ -314,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bursts", default="100,200", help="comma-separated job counts created at once")
     parser.add_argument("--nnodes", type=int, default=4)
     parser.add_argument("--floor-workers", type=int, default=16)
+    parser.add_argument("--burst-repeats", type=int, default=1,
+                        help="each burst this many times per subject, interleaved; the median stands (bursts vary ~10%%)")
     parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"a subset of {','.join(SUBJECTS)}")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds without a request of the subject that end a single job's count (bursts: x3)")

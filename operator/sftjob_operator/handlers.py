@@ -47,6 +47,9 @@ COMPONENT = "sftjob-operator"
 JobKey = tuple[str, str]  # (namespace, name)
 
 
+BURST_GAP_SECONDS = 0.5  # new jobs this close together are one burst (JobReconciler._note_arrival)
+
+
 @dataclass
 class RuntimeSettings:
     """Timing of the wiring itself (env-overridable: SFTJOB_OPERATOR_RESYNC_SECONDS, ..._DEBOUNCE_SECONDS)."""
@@ -214,6 +217,9 @@ class JobReconciler:
         self._relist_resync: asyncio.TimerHandle | None = None
         self._first_looks: set[JobKey] = set()  # jobs created while watched, their first look not done yet
         self._postponed: set[JobKey] = set()  # looks waiting for those (_waits_for_starts)
+        self._last_arrival = float("-inf")  # loop time of the last job created while watched
+        self._burst_until = float("-inf")  # new jobs keep arriving (a burst) until then: _note_arrival
+        self._release: asyncio.TimerHandle | None = None
 
     # --- triggers (event loop) ---------------------------------------------------------------------------------
 
@@ -280,6 +286,7 @@ class JobReconciler:
                 state.fresh = True
                 if self.active():
                     self._first_looks.add(key)
+                    self._note_arrival()
         version = meta.get("resourceVersion")
         if state.packed is not None and not _newer(version, state.version):
             return  # an old event (our own status patch already gave us a newer body) or the echo of our patch
@@ -428,10 +435,10 @@ class JobReconciler:
         """Whether this look waits (rescheduled) while jobs created meanwhile wait for their first look: a burst of
         new jobs gets its gangs created first. At most `starts_first_seconds`; released as soon as they are done."""
         bound = self.settings.starts_first_seconds
-        if bound <= 0 or not self._first_looks or key in self._first_looks:
+        now = self._loop.time()
+        if bound <= 0 or key in self._first_looks or not (self._first_looks or now < self._burst_until):
             state.postponed_since = None
             return False
-        now = self._loop.time()
         if state.postponed_since is None:
             state.postponed_since = now
         left = state.postponed_since + bound - now
@@ -440,13 +447,35 @@ class JobReconciler:
             return False
         self._postponed.add(key)
         self._schedule(state, key, left)
+        self._release_postponed()  # at the burst's end, if no first look is pending by then
         return True
+
+    def _note_arrival(self) -> None:
+        """A job created while watched. Two within BURST_GAP_SECONDS make a burst, which lasts until that long after
+        the last one: between arrivals the first looks may all be done, and the others still wait (a single new job
+        makes no one wait once its first look is done)."""
+        now = self._loop.time() if self._loop is not None else asyncio.get_running_loop().time()
+        if now - self._last_arrival < BURST_GAP_SECONDS:
+            self._burst_until = now + BURST_GAP_SECONDS
+        self._last_arrival = now
 
     def _first_look_done(self, key: JobKey) -> None:
         if key not in self._first_looks:
             return
         self._first_looks.discard(key)
-        if self._first_looks or not self._postponed:
+        self._release_postponed()
+
+    def _release_postponed(self) -> None:
+        """The waiting looks go once no first look is pending and the burst is over."""
+        if self._first_looks or not self._postponed or self._release is not None or self.closing:
+            return
+        loop = self._loop
+        if loop.time() < self._burst_until:
+            def again() -> None:
+                self._release = None
+                self._release_postponed()
+
+            self._release = loop.call_at(self._burst_until, again)
             return
         postponed, self._postponed = self._postponed, set()
         for waiting in postponed:

@@ -357,8 +357,8 @@ def test_a_new_jobs_configmap_left_by_a_deleted_namesake_gets_its_data_replaced_
 # --- new jobs first (handlers.JobReconciler._waits_for_starts) ------------------------------------------------------
 
 
-def _looks_in_order(starts_first_seconds: float, look_seconds: float) -> list[tuple[str, str, float]]:
-    """An old job's look is due, then two jobs are created (ADDED): which looks start and end when."""
+def _looks_in_order(starts_first_seconds: float, look_seconds: float, new=("new-1", "new-2")) -> list[tuple[str, str, float]]:
+    """An old job's look is due, then jobs are created (ADDED): which looks start and end when."""
     import asyncio
     import threading
 
@@ -383,9 +383,9 @@ def _looks_in_order(starts_first_seconds: float, look_seconds: float) -> list[tu
         reconciler._loop = asyncio.get_running_loop()
         reconciler.jobs[("ns", "old")] = _JobState.holding({"metadata": {"namespace": "ns", "name": "old", "resourceVersion": "1"}})
         reconciler.trigger(("ns", "old"))
-        for name in ("new-1", "new-2"):
+        for name in new:
             reconciler.job_event("ADDED", {"metadata": {"namespace": "ns", "name": name, "resourceVersion": "2"}})
-        while len(seen) < 6:
+        while len(seen) < 2 * (1 + len(new)):
             await asyncio.sleep(0.01)
 
     asyncio.run(scenario())
@@ -394,11 +394,21 @@ def _looks_in_order(starts_first_seconds: float, look_seconds: float) -> list[tu
 
 
 def test_a_burst_of_new_jobs_is_looked_at_before_the_others():
+    from sftjob_operator.handlers import BURST_GAP_SECONDS
+
     seen = _looks_in_order(starts_first_seconds=5, look_seconds=0.05)
     old_start = next(t for what, name, t in seen if what == "start" and name == "old")
     new_ends = [t for what, name, t in seen if what == "end" and name != "old"]
-    assert len(new_ends) == 2 and old_start >= max(new_ends)  # released as soon as they are done, not at 5 s
-    assert old_start < 1
+    # Released once they are done and no new job came for BURST_GAP_SECONDS (more may be arriving), not at 5 s.
+    assert len(new_ends) == 2 and old_start >= max(new_ends) and old_start >= BURST_GAP_SECONDS
+    assert old_start < 1.5
+
+
+def test_a_single_new_job_holds_the_others_only_for_its_first_look():
+    seen = _looks_in_order(starts_first_seconds=5, look_seconds=0.05, new=("new-1",))
+    old_start = next(t for what, name, t in seen if what == "start" and name == "old")
+    new_end = next(t for what, name, t in seen if what == "end" and name == "new-1")
+    assert new_end <= old_start < new_end + 0.2
 
 
 def test_the_others_wait_no_longer_than_the_bound():
