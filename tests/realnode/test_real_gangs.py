@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 
 import pytest
@@ -49,9 +50,19 @@ def gang_namespace(real_cluster, real_images, tmp_path_factory):
 
 
 def _port() -> int:
-    # Real nodes share the host's network: give each job its own rendezvous port.
-    _port.next = getattr(_port, "next", 30000 + (os.getpid() % 500) * 20) + 1
-    return _port.next
+    """Real nodes share the host's network: each job its own rendezvous port, free now, and below the ephemeral
+    range (32768-60999 by default: a port there can be any connection's local port at any time, and torchrun's
+    store on rank 0 then fails to bind it in every attempt; CI saw it: "torchrun exited with code 1" three times)."""
+    start = getattr(_port, "next", 20000 + (os.getpid() % 500) * 20)  # below test_real_train's 31000-31998
+    for port in range(start + 1, start + 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _port.next = port
+        return port
+    raise RuntimeError(f"no free port in {start + 1}-{start + 199}")
 
 
 def preflight_job(name: str, namespace: str, *, iters: int = 5, size_mb: int = 16, **spec) -> dict:
