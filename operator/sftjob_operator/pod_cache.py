@@ -22,6 +22,7 @@ import threading
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from sftjob_operator import labels
+from sftjob_operator.orphans import job_owner_uid
 
 JobKey = tuple[str, str]  # (namespace, job name)
 
@@ -122,15 +123,15 @@ class _Entry(NamedTuple):
 
     version: str | None
     uid: str
-    owner: str | None  # the controller's uid (the orphan sweep picks its suspects without decoding every pod)
+    owner: str | None  # its SFTJob's uid (orphans.job_owner_uid): the sweep picks suspects without decoding every pod
     packed: bytes
 
     @classmethod
     def of(cls, pod: Mapping[str, Any]) -> "_Entry":
         slim = slim_pod(pod)
         meta = slim["metadata"]
-        owner = next((ref.get("uid") for ref in meta.get("ownerReferences") or ()), None)
-        return cls(meta.get("resourceVersion"), meta.get("uid", ""), owner, json.dumps(slim, separators=(",", ":")).encode())
+        return cls(meta.get("resourceVersion"), meta.get("uid", ""), job_owner_uid(slim),
+                   json.dumps(slim, separators=(",", ":")).encode())
 
     def pod(self) -> dict[str, Any]:
         return json.loads(self.packed)
@@ -226,7 +227,7 @@ class PodCache:
 
     def pods_in(self, namespace: str | None, unless_owned_by: set[str] | None = None) -> list[dict[str, Any]]:
         """The cached pods of a namespace (None: of every namespace): what the orphan sweep looks at. With
-        `unless_owned_by`: only pods with a controller whose uid is not in it (decoding only those)."""
+        `unless_owned_by`: only pods an SFTJob controls whose uid is not in it (decoding only those)."""
         with self._lock:
             entries = [
                 entry for (where, _), pods in self._pods.items() if namespace in (None, where) for entry in pods.values()

@@ -137,7 +137,8 @@ def test_the_sweep_gets_only_pods_whose_controller_is_not_a_known_job():
     cache = PodCache()
     cache.observe("ADDED", pod(0, 10))  # controlled by job-uid
     stray = pod(1, 11, job="other")
-    stray["metadata"]["ownerReferences"] = [{"uid": "gone-uid", "kind": "SFTJob", "name": "other", "controller": True}]
+    stray["metadata"]["ownerReferences"] = [{"apiVersion": "training-hub.io/v1alpha1", "uid": "gone-uid", "kind": "SFTJob",
+                                             "name": "other", "controller": True}]
     cache.observe("ADDED", stray)
     unowned = pod(2, 12, job="third")
     del unowned["metadata"]["ownerReferences"]
