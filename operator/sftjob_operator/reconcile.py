@@ -304,6 +304,9 @@ class PodFailure:
     message: str
     permanent: bool  # exit 78: retrying cannot help
     counted: bool  # against backoffLimit (False: eviction, preemption, node loss, deleted)
+    # the entrypoint's summary says it failed because another rank did (peerLost): not the cause, if another is seen
+    peer_lost: bool = False
+    finished_at: datetime | None = None
 
     def as_status(self, now: datetime) -> dict[str, Any]:
         failure: dict[str, Any] = {"reason": self.reason, "message": st.clip(self.message)}
@@ -373,7 +376,9 @@ def classify_failure(pod: Mapping[str, Any]) -> PodFailure | None:
                f"holds spec.rdzvPort; set another port): {message}"
         return PodFailure(rank, name, exit_code, REASON_PORT_IN_USE, text, False, True)
     reason = container_reason if container_reason and container_reason != "Error" else "TrainingFailed"
-    return PodFailure(rank, name, exit_code, reason, message, False, True)
+    peer_lost = (summary or {}).get("peerLost") is True
+    finished_at = st.parse_time((terminated or {}).get("finishedAt"))
+    return PodFailure(rank, name, exit_code, reason, message, False, True, peer_lost, finished_at)
 
 
 REASON_PORT_IN_USE = "RendezvousPortInUse"
@@ -445,8 +450,28 @@ def scheduler_wait(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
 
 
 def _pick_failure(failures: list[PodFailure]) -> PodFailure:
-    """The failure that decides what happens: permanent > counted > disruption; lowest rank first."""
-    return sorted(failures, key=lambda f: (not f.permanent, not f.counted, f.rank or 0))[0]
+    """The failure that decides what happens: permanent > a rank's own > lost a peer; counted > disruption;
+    lowest rank first. A rank that only lost its peer (e.g. rank 0 after rank 1 was killed) is not blamed, nor
+    counted against backoffLimit, when the peer's own failure (or its eviction) is seen too."""
+    return sorted(failures, key=lambda f: (not f.permanent, f.peer_lost, not f.counted, f.rank or 0))[0]
+
+
+# How long a gang whose only failures say "lost a peer" waits for the peer's own failure to show up: the peer's
+# torchrun and kubelet report it within a few seconds (same second, here), and blaming the right rank is worth it.
+PEER_FAILURE_GRACE_SECONDS = 10.0
+
+
+def _peer_failure_pending(failures: list[PodFailure], current: Mapping[int, Mapping[str, Any]], now: datetime) -> float:
+    """Seconds to wait for the cause of `failures`: > 0 only when all of them lost a peer, another pod of the gang
+    still runs (its failure may not be reported yet), and the grace since the first of them finished is not over."""
+    if not failures or not all(f.peer_lost and f.finished_at is not None for f in failures):
+        return 0.0
+    failed = {f.pod_name for f in failures}
+    if not any(_phase(p) in ("Running", "Pending") for p in current.values() if p["metadata"]["name"] not in failed):
+        return 0.0
+    first = min(f.finished_at for f in failures if f.finished_at is not None)
+    left = (first + timedelta(seconds=PEER_FAILURE_GRACE_SECONDS) - now).total_seconds()
+    return min(max(0.0, left), PEER_FAILURE_GRACE_SECONDS)  # bounded whatever the kubelet's clock says
 
 
 def progress_pod_name(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str | None:
@@ -715,6 +740,10 @@ class _Reconciler:
         nnodes = self.run_policy.nnodes
         failures = [f for f in (classify_failure(pod) for pod in current.values()) if f is not None]
         if failures:
+            wait = _peer_failure_pending(failures, current, self.now)
+            if wait > 0:
+                self.result.requeue(wait)
+                return
             self._gang_failed(_pick_failure(failures), current)
             return
         if self._has_condition(st.CREATED) and len(current) < nnodes:

@@ -32,6 +32,7 @@ from training_hub.launch.progress import ConsoleWriter, MetricsTailer, format_pr
 from training_hub.launch.rendezvous import RendezvousTimeout, wait_for_endpoint
 from training_hub.launch.summary import build_summary, write_summary
 from training_hub.launch.supervisor import ChildExit, Interrupted, SignalState, run_child
+from training_hub.launch.worker_failure import TorchrunOutputWatch
 
 PROG = "training-hub"
 USAGE = 2  # no command given: the help is printed
@@ -465,12 +466,17 @@ def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> 
             run.termination_log,
         )
         command = [sys.executable, "-m", "training_hub.launch.trainer", str(request_file), str(result_file)]
-        child = run_child(command, run.signals, console)
+        workers = TorchrunOutputWatch()
+        child = run_child(command, run.signals, console, on_line=workers.feed)
         if tailer is not None:
             tailer.stop()
         report = _read_report(result_file)
     outcome, code, message = decide_training_outcome(child, report)
+    failure = workers.failure() if outcome == Outcome.FAILED else None
+    if failure is not None:
+        message, code = f"{failure.describe()}. {message}", failure.exit_code(code)
     summary = training_summary(outcome, message, report, tailer.last_event if tailer else None)
+    summary.update(failure.summary_fields() if failure else {})
     return run.finish(outcome, message, code, summary)
 
 
@@ -518,17 +524,26 @@ def command_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> i
             worker_args=preflight.worker_args(size_bytes=size_bytes, iters=iters, warmup=warmup, backend=args.backend),
         )
         reports: list[dict[str, Any]] = []
-        child = run_child(command, run.signals, ConsoleWriter(), on_line=lambda line: _collect_report(line, reports))
+        workers = TorchrunOutputWatch()
+
+        def on_line(line: str) -> None:
+            workers.feed(line)
+            _collect_report(line, reports)
+
+        child = run_child(command, run.signals, ConsoleWriter(), on_line=on_line)
         if child.signal_received is not None:
             name = signal.Signals(child.signal_received).name
             return run.finish(Outcome.PREEMPTED, f"received {name} during preflight", 128 + child.signal_received)
         if child.returncode != 0:
-            return run.finish(
-                Outcome.FAILED,
-                f"preflight failed: torchrun exited with code {child.returncode} "
-                f"(node rank {distributed.node_rank} of {distributed.nnodes}, endpoint {distributed.rdzv_endpoint})",
-                exit_code_for_signal_death(child.returncode) if child.returncode < 0 else ExitCode.TRAINING_FAILED,
-            )
+            code = exit_code_for_signal_death(child.returncode) if child.returncode < 0 else ExitCode.TRAINING_FAILED
+            message = (f"torchrun exited with code {child.returncode} (node rank {distributed.node_rank} of "
+                       f"{distributed.nnodes}, endpoint {distributed.rdzv_endpoint})")
+            failure = workers.failure()
+            if failure is not None:
+                message, code = f"{failure.describe()}; {message}", failure.exit_code(code)
+            message = f"preflight failed: {message}"
+            extra = failure.summary_fields() if failure else None
+            return run.finish(Outcome.FAILED, message, code, build_summary(Outcome.FAILED, message, extra=extra))
         message = f"all-reduce sum correct on every rank (node rank {distributed.node_rank} of {distributed.nnodes})"
         if reports:
             r = reports[-1]

@@ -3,8 +3,9 @@
 - SIGTERM/SIGINT are recorded and forwarded to the child, so a preemption or suspend stops
   training and is reported as `preempted` instead of passing for success.
 - The child's stdout is relayed through a `ConsoleWriter`, so progress lines printed meanwhile
-  never land in the middle of one of its lines; `on_line` sees each complete line (preflight uses
-  it to pick up rank 0's bandwidth report).
+  never land in the middle of one of its lines; its stderr goes to our stderr. `on_line` sees each
+  complete line of both (preflight picks up rank 0's bandwidth report; both commands read torchrun's
+  failure report: worker_failure.py).
 - Whether the child finished before the signal came is decided by the child's result file: it is
   written, atomically, only once training returned.
 """
@@ -14,9 +15,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 from training_hub.launch.progress import ConsoleWriter
 
@@ -93,20 +95,30 @@ def run_child(
         raise Interrupted(signals.received)
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")  # progress of the child reaches the log as it happens
-    child = subprocess.Popen(list(command), stdout=subprocess.PIPE, env=child_env)
+    # stderr is relayed too (to our stderr), so that `on_line` also sees tracebacks and torchrun's failure report.
+    child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env)
     signals.child = child
-    relay = threading.Thread(target=_relay, args=(child, console, on_line), name="stdout-relay", daemon=True)
-    relay.start()
+    relays = [
+        threading.Thread(target=_relay, args=(child.stdout, console, on_line), name="stdout-relay", daemon=True),
+        threading.Thread(target=_relay, args=(child.stderr, _stderr_console(), on_line), name="stderr-relay",
+                         daemon=True),
+    ]
+    for relay in relays:
+        relay.start()
     if signals.received is not None and child.poll() is None:  # signal landed between the check and Popen
         child.send_signal(signals.received)
     returncode = child.wait()
-    relay.join(10)
+    for relay in relays:
+        relay.join(10)
     return ChildExit(returncode, signals.received, signals.finished_before_signal)
 
 
-def _relay(child: subprocess.Popen, console: ConsoleWriter, on_line: Callable[[str], None] | None) -> None:
-    assert child.stdout is not None
-    fd = child.stdout.fileno()
+def _stderr_console() -> ConsoleWriter:
+    return ConsoleWriter(getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer)
+
+
+def _relay(stream: IO[bytes], console: ConsoleWriter, on_line: Callable[[str], None] | None) -> None:
+    fd = stream.fileno()
     pending = b""
     while True:
         try:
@@ -127,4 +139,4 @@ def _relay(child: subprocess.Popen, console: ConsoleWriter, on_line: Callable[[s
                 except Exception:  # an observer must never stop the relay (the child would block)
                     pass
             pending = pending[-65536:]  # a line without newline (progress bars) must not grow forever
-    child.stdout.close()
+    stream.close()

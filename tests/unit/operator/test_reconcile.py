@@ -289,6 +289,52 @@ def test_a_failed_pod_restarts_the_whole_gang_with_a_new_rdzv_id():
     assert result.restarted_for.counted
 
 
+def _lost_peer(rank: int, finished: datetime) -> dict:
+    """A rank whose worker failed because another rank died (the entrypoint's summary says peerLost)."""
+    summary = {"outcome": "failed", "message": "a worker lost its connection to another rank", "peerLost": True}
+    pod = make_pod(rank, phase="Failed", exit_code=1, message=json.dumps(summary))
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = st.format_time(finished)
+    return pod
+
+
+def test_the_rank_that_failed_is_blamed_not_the_lower_rank_that_lost_it():
+    pods = gang()
+    pods[0] = _lost_peer(0, NOW)
+    pods[2] = make_pod(2, phase="Failed", exit_code=137,
+                       message=json.dumps({"outcome": "failed", "message": "worker rank 16 was killed by SIGKILL"}))
+    result = run(running_job(backoffLimit=3), pods)
+    assert result.status["lastFailure"]["rank"] == 2 and result.status["lastFailure"]["exitCode"] == 137
+    assert result.status["restarts"] == 1
+
+
+def test_a_rank_that_lost_a_peer_waits_a_little_for_the_peers_own_failure_then_is_blamed():
+    job = running_job(backoffLimit=3)
+    pods = gang()
+    pods[0] = _lost_peer(0, NOW - timedelta(seconds=2))
+    waiting = run(job, pods)
+    assert not deletes(waiting) and "lastFailure" not in waiting.status
+    assert waiting.requeue_after == pytest.approx(rc.PEER_FAILURE_GRACE_SECONDS - 2)
+    # The kubelet's clock may be far behind: the wait is still bounded.
+    pods[0] = _lost_peer(0, NOW + timedelta(hours=1))
+    assert run(job, pods).requeue_after == pytest.approx(rc.PEER_FAILURE_GRACE_SECONDS)
+    # No other failure came: the rank is blamed after the grace.
+    pods[0] = _lost_peer(0, NOW - timedelta(seconds=rc.PEER_FAILURE_GRACE_SECONDS + 1))
+    late = run(job, pods)
+    assert late.status["lastFailure"]["rank"] == 0 and late.status["restarts"] == 1 and len(deletes(late)) == 4
+    # Nobody else runs any more (the rest finished or failed the same way): no reason to wait.
+    everyone = [_lost_peer(r, NOW) for r in range(4)]
+    assert run(job, everyone).status["lastFailure"]["rank"] == 0
+
+
+def test_an_eviction_that_made_the_others_lose_it_does_not_count_against_backoff_limit():
+    pods = gang(n=2)
+    pods[0] = _lost_peer(0, NOW)
+    pods[1] = make_pod(1, phase="Failed", pod_reason="Evicted", exit_code=137)
+    result = run(running_job(nnodes=2, backoffLimit=0), pods)
+    assert result.status["lastFailure"]["rank"] == 1 and result.status["lastFailure"]["reason"] == "Evicted"
+    assert result.status["phase"] == "Restarting" and not result.restarted_for.counted
+
+
 def test_new_gang_waits_for_old_pods_then_backoff_then_is_created():
     job = running_job(backoffLimit=3)
     pods = gang()

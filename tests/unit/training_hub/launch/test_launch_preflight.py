@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -72,6 +74,55 @@ def test_two_nodes_of_one_process_all_reduce_over_gloo(tmp_path):
     assert report["algbw_gbps"] > 0 and report["busbw_gbps"] == pytest.approx(report["algbw_gbps"])  # 2(n-1)/n = 1
     print(f"\npreflight 2x1 gloo on 127.0.0.1, 1 MiB: algbw {report['algbw_gbps']:.3f} GB/s", file=sys.stderr)
     assert "waiting for rendezvous endpoint" in results[1][2]  # rank 1 really waited for rank 0's store
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_killed_worker_is_told_apart_from_the_rank_that_lost_it(tmp_path):
+    """Rank 1's worker is SIGKILLed mid-all-reduce: rank 1 reports the signal (137), rank 0 that it lost a peer.
+    Both torchruns exit 1 in the same second, so without this the operator cannot tell which rank failed first."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    procs = {}
+    for rank in (0, 1):
+        env = clean_env(
+            TRAINING_HUB_NNODES="2", TRAINING_HUB_NODE_RANK=str(rank), TRAINING_HUB_NPROC_PER_NODE="1",
+            TRAINING_HUB_RDZV_ID="kill-test", TRAINING_HUB_RDZV_ENDPOINT=endpoint, TRAINING_HUB_RDZV_TIMEOUT="120",
+            TRAINING_HUB_TERMINATION_LOG=str(tmp_path / f"summary-{rank}"), GLOO_SOCKET_IFNAME="lo",
+        )
+        command = cli_command(["preflight", "--size-mb", "4", "--iters", "100000", "--backend", "gloo"])
+        procs[rank] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in procs[0].stdout:  # all-reducing once rank 0 reports progress
+            if '"progress"' in line:
+                break
+        workers = [p for p in _descendants(procs[1].pid)
+                   if b"training_hub.launch.preflight" in _cmdline(p) and b"torch.distributed.run" not in _cmdline(p)]
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        codes = {rank: proc.wait(timeout=120) for rank, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    killed, lost = read_summary(tmp_path / "summary-1"), read_summary(tmp_path / "summary-0")
+    assert codes[1] == 128 + signal.SIGKILL and "peerLost" not in killed
+    assert "worker rank 1 (local rank 0) was killed by SIGKILL" in killed["message"], killed
+    assert codes[0] == 1 and lost["peerLost"] is True and lost["outcome"] == "failed"
+    assert "lost its connection to another rank" in lost["message"] and "by peer" in lost["message"], lost
 
 
 @pytest.mark.timeout(60)
