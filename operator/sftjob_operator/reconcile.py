@@ -739,19 +739,16 @@ class _Reconciler:
 
         nnodes = self.run_policy.nnodes
         failures = [f for f in (classify_failure(pod) for pod in current.values()) if f is not None]
+        if self._has_condition(st.CREATED) and len(current) < nnodes:
+            missing = sorted(set(range(nnodes)) - set(current))[0]
+            failures.append(PodFailure(missing, f"{self.name}-node-{missing}", None, "PodDeleted",
+                                       "a pod of the running gang disappeared", False, False))
         if failures:
             wait = _peer_failure_pending(failures, current, self.now)
             if wait > 0:
                 self.result.requeue(wait)
                 return
             self._gang_failed(_pick_failure(failures), current)
-            return
-        if self._has_condition(st.CREATED) and len(current) < nnodes:
-            missing = sorted(set(range(nnodes)) - set(current))
-            self._gang_failed(
-                PodFailure(missing[0], f"{self.name}-node-{missing[0]}", None, "PodDeleted", "a pod of the running gang disappeared", False, False),
-                current,
-            )
             return
         if len(current) == nnodes and all(_phase(pod) == "Succeeded" for pod in current.values()):
             self._gang_succeeded(current)
@@ -1040,6 +1037,10 @@ def _remembered(status: Mapping[str, Any], key: str) -> Any:
     return int(value or 0) if key in ("attempt", "restarts") else value
 
 
+def _remembers_the_same(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return all(_remembered(old, key) == _remembered(new, key) for key in _MEMORY)
+
+
 def status_can_wait(old: Mapping[str, Any] | None, result: Result) -> bool:
     """Whether the new status may be written after the actions instead of before: only when the actions are creates
     and the status merely reports them ("creating"), remembering nothing new and announcing nothing. The look that
@@ -1050,7 +1051,7 @@ def status_can_wait(old: Mapping[str, Any] | None, result: Result) -> bool:
         return False
     if result.status.get("phase") in st.FINISHED_PHASES or (old.get("phase") and old["phase"] != result.status.get("phase")):
         return False
-    return all(_remembered(old, key) == _remembered(result.status, key) for key in _MEMORY)
+    return _remembers_the_same(old, result.status)
 
 
 def status_only_reports(old: Mapping[str, Any] | None, result: Result) -> bool:
@@ -1062,7 +1063,7 @@ def status_only_reports(old: Mapping[str, Any] | None, result: Result) -> bool:
     old = old or {}
     if result.actions or result.events or old.get("phase") != result.status.get("phase"):
         return False
-    return all(_remembered(old, key) == _remembered(result.status, key) for key in _MEMORY)
+    return _remembers_the_same(old, result.status)
 
 
 def decides_for_good(old: Mapping[str, Any] | None, result: Result) -> bool:

@@ -333,6 +333,10 @@ def test_an_eviction_that_made_the_others_lose_it_does_not_count_against_backoff
     result = run(running_job(nnodes=2, backoffLimit=0), pods)
     assert result.status["lastFailure"]["rank"] == 1 and result.status["lastFailure"]["reason"] == "Evicted"
     assert result.status["phase"] == "Restarting" and not result.restarted_for.counted
+    # Nor does a pod that disappeared (deleted at once, or garbage-collected): no wait either, the cause is seen.
+    gone = run(running_job(nnodes=2, backoffLimit=0), [_lost_peer(0, NOW)])
+    assert gone.status["lastFailure"]["rank"] == 1 and gone.status["lastFailure"]["reason"] == "PodDeleted"
+    assert not gone.restarted_for.counted
 
 
 def test_new_gang_waits_for_old_pods_then_backoff_then_is_created():
