@@ -834,7 +834,11 @@ class Summary(_StatusModel):
 class LastFailure(_StatusModel):
     """The pod failure that caused the last gang restart, or the final failure."""
 
-    rank: int | None = Field(default=None, ge=0, description="Node rank of the failed pod (unset for the prepare pod).")
+    rank: int | None = Field(
+        default=None, ge=0,
+        description="Node rank of the failed pod (unset for the prepare pod). When several ranks failed, the one that "
+        "failed on its own, not one that only lost its connection to it.",
+    )
     exit_code: int | None = Field(default=None, description="Exit code of the training container.")
     reason: str | None = Field(default=None, description="Reason, e.g. Error, OOMKilled, Evicted, InvalidConfig.")
     message: str | None = Field(default=None, description="Message (from the termination summary or the pod).")
