@@ -5,9 +5,10 @@ When one rank of a gang dies, every other rank fails soon after with a communica
 every node's torchrun exits with code 1. Without more, the failure of rank 0 and the failure of the
 rank that was really killed look alike. torchrun's `ChildFailedError` report names each failed worker
 with its exit code or signal; the lines before it name the lost peer. From both, the entrypoint says
-which of the two this node's failure was: its own (a worker killed by a signal, an exception of its
-own) or a consequence of losing a peer (`peerLost` in the termination summary), so that the operator
-can blame the rank that failed first (docs/entrypoint.md).
+which of the two this node's failure was: its own (a worker killed by a signal other than torchrun's
+own SIGTERM, an exception of its own) or a consequence of losing a peer (`peerLost` in the termination
+summary: the exception of the node's first failed worker says so), so that the operator can blame the
+rank that failed first (docs/entrypoint.md).
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ LOST_PEER_MARKERS = (
 )
 _MAX_LINE = 300
 
-# torchrun's ChildFailedError report: one entry per failed worker, "rank" then "exitcode".
+# torchrun's ChildFailedError report: one entry per failed worker, "rank" then "exitcode"; the first observed
+# failure comes last, under its own heading.
 _RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
 _EXITCODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)\s*\(pid:")
+_ROOT_CAUSE = "Root Cause (first observed failure):"
+# torch.distributed prefixes a worker's uncaught exception with its global rank ("[rank3]: RuntimeError: ...").
+_RANK_PREFIX = re.compile(r"^\[rank(\d+)\]:")
+# torchrun stops the other workers with SIGTERM once one failed: that signal is never the cause.
+_STOPPED_BY_TORCHRUN = -signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -80,28 +87,39 @@ class TorchrunOutputWatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rank: tuple[int, int] | None = None
+        self._in_root_cause = False
         self.exits: list[WorkerExit] = []
-        self.lost_peer: str | None = None
+        self.root_cause: WorkerExit | None = None
+        self.lost_peer: dict[int | None, str] = {}  # the first such line of each global rank (None: no prefix)
 
     def feed(self, line: str) -> None:
         with self._lock:
-            if self.lost_peer is None and any(marker in line for marker in LOST_PEER_MARKERS):
-                self.lost_peer = _clip(line.strip())
-            if match := _RANK.match(line):
+            if any(marker in line for marker in LOST_PEER_MARKERS):
+                prefix = _RANK_PREFIX.match(line)
+                self.lost_peer.setdefault(int(prefix[1]) if prefix else None, _clip(line.strip()))
+            if _ROOT_CAUSE in line:
+                self._in_root_cause = True
+            elif match := _RANK.match(line):
                 self._rank = (int(match[1]), int(match[2]))
             elif (match := _EXITCODE.match(line)) and self._rank is not None:
                 self.exits.append(WorkerExit(*self._rank, int(match[1])))
+                if self._in_root_cause:
+                    self.root_cause, self._in_root_cause = self.exits[-1], False
                 self._rank = None
 
     def failure(self) -> WorkerFailure | None:
         """What the output says about the failure, or None when it says nothing (not a worker failure)."""
         with self._lock:
-            killed = next((w for w in self.exits if w.exit_code < 0), None)
+            killed = next((w for w in self.exits if w.exit_code < 0 and w.exit_code != _STOPPED_BY_TORCHRUN), None)
             if killed is not None:
                 return WorkerFailure(killed, None)
-            if self.lost_peer is not None:
-                return WorkerFailure(None, self.lost_peer)
-            return None
+            # The first worker to fail here decides: its own exception must say it lost a peer. Other local workers,
+            # which torchrun stopped afterwards, may well complain of a lost peer too: they are not the cause.
+            if self.root_cause is not None:
+                line = self.lost_peer.get(self.root_cause.rank)
+            else:  # no report (torchrun itself was killed?): any line of the node
+                line = next(iter(self.lost_peer.values()), None)
+            return None if line is None else WorkerFailure(None, line)
 
 
 def _clip(text: str) -> str:

@@ -48,6 +48,24 @@ def test_an_error_after_losing_a_peer_says_so_and_keeps_the_exit_code():
     assert "Connection reset by peer" in failure.describe() and len(failure.lost_peer) <= 300
 
 
-@pytest.mark.parametrize("lines", [[], ["ValueError: bad data", *_report({0: 1})], ["exitcode  : -9 (pid: 3)"]])
+def test_the_local_workers_torchrun_stopped_after_the_first_failure_are_not_the_cause():
+    # 2 GPUs on the node: rank 4 ran out of memory; torchrun then stopped rank 5 (SIGTERM), whose NCCL
+    # communicator was aborted. The node failed on its own.
+    lines = ["[rank4]: torch.OutOfMemoryError: CUDA out of memory.",
+             "[rank5]: RuntimeError: NCCL communicator was aborted on rank 5.", *_report({4: 1, 5: -15})]
+    watch = _watch(lines)
+    assert watch.root_cause.rank == 4 and watch.failure() is None
+
+
+def test_without_torchruns_report_any_lost_peer_line_of_the_node_counts():
+    assert _watch([GLOO_RESET]).failure().summary_fields() == {"peerLost": True}
+
+
+@pytest.mark.parametrize("lines", [
+    [],
+    ["ValueError: bad data", *_report({0: 1})],
+    ["exitcode  : -9 (pid: 3)"],  # not in a report
+    [GLOO_RESET, *_report({2: 1})],  # another rank's line: rank 2 failed on its own
+])
 def test_a_failure_of_its_own_or_no_report_says_nothing(lines):
     assert _watch(lines).failure() is None
