@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from operator_common import bench_cluster, new_namespace, rss_mib, running_operator  # noqa: E402
+from operator_common import bench_cluster, cpu_seconds, new_namespace, rss_mib, running_operator  # noqa: E402
 
 from tests.cluster.operator_harness import apply, sftjob  # noqa: E402
 
@@ -70,12 +70,27 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)  # let the last status patches' watch echoes arrive
             figures["rss_with_jobs_mib"], figures["rss_peak_mib"] = rss_mib(operator.pid)
             figures["per_job_kib"] = (figures["rss_with_jobs_mib"] - figures["rss_idle_mib"]) * 1024 / args.jobs
+            # The mass delete: every job at once; their pods go by garbage collection, each pod event reaching the
+            # operator after its job's DELETED (it must not read the gone jobs back, nor keep them).
+            cpu_before, started = cpu_seconds(operator.pid), time.monotonic()
             cluster.kubectl("delete", "sftjobs", "--all", "-n", namespace, "--wait=false")
+            deadline = time.monotonic() + 900
+            while cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("pods left 900 s after deleting every SFTJob")
+                time.sleep(1)
+            figures["delete_s"] = time.monotonic() - started
+            time.sleep(10)  # the last pod events reach the operator
+            figures["delete_cpu_s"] = cpu_seconds(operator.pid) - cpu_before
+            figures["rss_after_delete_mib"], figures["rss_peak_with_delete_mib"] = rss_mib(operator.pid)
 
     print(f"operator RSS idle (0 SFTJobs): {figures['rss_idle_mib']:.1f} MiB")
     print(f"operator RSS with {args.jobs} SFTJobs ({args.running} running) x {args.nnodes} pods: {figures['rss_with_jobs_mib']:.1f} MiB "
           f"(peak {figures['rss_peak_mib']:.1f} MiB), {figures['per_job_kib']:.1f} KiB per job")
     print(f"{args.jobs} SFTJobs applied in {figures['apply_s']:.1f}s; all had a status after {figures['all_reconciled_s']:.1f}s")
+    print(f"all deleted at once: every pod gone after {figures['delete_s']:.1f}s; operator CPU meanwhile (+10 s) "
+          f"{figures['delete_cpu_s']:.1f}s; RSS after {figures['rss_after_delete_mib']:.1f} MiB, "
+          f"lifetime peak {figures['rss_peak_with_delete_mib']:.1f} MiB")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print(f"operator logs: {log_dir}")
