@@ -56,6 +56,28 @@ def fail(**kwargs: Any) -> None:
     raise RuntimeError("training failed on node rank 0: torchrun ended with exit status 1")
 
 
+def _torchrun_report(exitcodes: dict[int, int]) -> str:
+    """What torchrun prints when workers fail (torch's own ChildFailedError text)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {rank: ProcessFailure(local_rank=0, pid=4000 + rank, exitcode=code, error_file="")
+                for rank, code in exitcodes.items()}
+    return str(ChildFailedError("instructlab/training/main_ds.py", failures))
+
+
+def fail_with_a_killed_worker(**kwargs: Any) -> None:
+    # instructlab relays torchrun's output on stdout; the report names rank 3's worker, SIGKILLed.
+    print(_torchrun_report({3: -9}), flush=True)
+    raise RuntimeError("Suffered a failure during distributed training. Please see the training logs for more context.")
+
+
+def fail_after_losing_a_peer(**kwargs: Any) -> None:
+    print("[rank2]: RuntimeError: [../gloo/transport/tcp/pair.cc:545] Read error [10.0.0.9]:4411: Connection reset by "
+          "peer", file=sys.stderr, flush=True)
+    print(_torchrun_report({2: 1}), file=sys.stderr, flush=True)
+    raise RuntimeError("Suffered a failure during distributed training. Please see the training logs for more context.")
+
+
 def reject(**kwargs: Any) -> None:
     from training_hub.params import ParameterError
 

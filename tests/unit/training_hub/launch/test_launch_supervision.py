@@ -62,6 +62,27 @@ def test_training_failure_exits_1_with_the_last_progress_in_the_summary(tmp_path
 
 
 @pytest.mark.timeout(90)
+def test_a_worker_killed_on_this_node_is_named_and_exits_128_plus_the_signal(tmp_path):
+    config, env = _setup(tmp_path)
+    done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:fail_with_a_killed_worker")
+    assert done.returncode == 137, done.stderr
+    summary = read_summary(tmp_path / "termination-log")
+    assert summary["outcome"] == "failed" and "peerLost" not in summary
+    assert summary["message"].startswith("worker rank 3 (local rank 0) was killed by SIGKILL. RuntimeError: Suffered")
+
+
+@pytest.mark.timeout(90)
+def test_a_node_that_lost_a_peer_says_so_and_its_stderr_still_reaches_ours(tmp_path):
+    config, env = _setup(tmp_path)
+    done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:fail_after_losing_a_peer")
+    assert done.returncode == 1
+    summary = read_summary(tmp_path / "termination-log")
+    assert summary["peerLost"] is True and "Connection reset by peer" in summary["message"]
+    assert "[rank2]: RuntimeError" in done.stderr and "Root Cause (first observed failure)" in done.stderr
+    assert "[rank2]" not in done.stdout  # relayed to stderr, where the trainer wrote it
+
+
+@pytest.mark.timeout(90)
 def test_parameter_error_inside_the_trainer_is_permanent(tmp_path):
     config, env = _setup(tmp_path)
     done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:reject")
