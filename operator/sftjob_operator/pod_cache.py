@@ -43,7 +43,7 @@ def _slim_terminated(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
     terminated = (state or {}).get("terminated")
     if not terminated:
         return None
-    return {key: terminated[key] for key in ("exitCode", "reason", "message") if terminated.get(key) is not None}
+    return {key: terminated[key] for key in ("exitCode", "reason", "message", "finishedAt") if terminated.get(key) is not None}
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,12 @@ def pod(rank: int, version: int, *, uid: str | None = None, phase: str = "Runnin
                            {"type": "PodScheduled", "status": "True"}],
             "containerStatuses": [{"name": "trainer", "image": "trainer:1", "imageID": "sha256:" + "0" * 64,
                                    "state": {"running": {"startedAt": "2026-11-29T10:00:01Z"}},
-                                   "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "boom"}}}],
+                                   "lastState": {"terminated": {
+                                       "exitCode": 1, "reason": "Error", "containerID": "containerd://" + "1" * 64,
+                                       "startedAt": "2026-11-29T10:00:01Z", "finishedAt": "2026-11-29T10:04:59Z",
+                                       # the entrypoint's summary: everything in it, peerLost included, is read
+                                       "message": json.dumps({"outcome": "failed", "message": "boom", "peerLost": True}),
+                                   }}}],
         },
     }
 
