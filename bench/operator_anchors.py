@@ -2,6 +2,8 @@
 operator renders; bench/operator_floor.py), the Go peer (Kubeflow training-operator v1.8.1's PyTorchJob controller;
 bench/operator_peer.py) and the operator (`sftjob-operator run`, production timings). Prints figures and ratios:
 
+- floor-cr: the floor behind each job's SFTJob POST (no operator in its namespace): what any operator driven by a
+  custom resource cannot beat here; `operator / floor-cr` is the operator's own share;
 - 1 job x N nodes, alone, repeated (each run: every subject once, in rotating order): p50/p99 of start -> all N pods
   created (the pod watch sees the last one);
 - M jobs x N nodes at once (each subject in turn, a fresh namespace and process each): start -> the last job's pods;
@@ -45,7 +47,7 @@ from tests.cluster.operator_harness import sftjob  # noqa: E402
 from tests.support import audit_log  # noqa: E402
 from sftjob_operator.kube import GROUP, PLURAL, USER_AGENT, VERSION  # noqa: E402
 
-SUBJECTS = ("floor", "floor-1", "peer", "operator")
+SUBJECTS = ("floor", "floor-cr", "floor-1", "peer", "operator")
 # The operator's own calls, kopf's (watches, discovery), and the kubernetes client's default (operators before
 # sftjob_operator.kube set its own user agent).
 OPERATOR_AGENTS = (USER_AGENT, "kopf/", "OpenAPI-Generator/")
@@ -109,6 +111,14 @@ def start_subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster:
     watch.api_client.user_agent = operator_floor.BENCH_USER_AGENT
     watch.start()
     stack.callback(watch.stop)
+    sftjob_path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    if kind == "floor-cr":
+        floor = operator_floor.Floor(cluster, args.floor_workers)
+        stack.callback(floor.close)
+        return Subject(kind, namespace, watch,
+                       submit=lambda names: _floor_behind_sftjobs(poster, floor, sftjob_path, namespace, nnodes, names),
+                       pod_names=lambda name: operator_floor.pod_names(name, nnodes),
+                       is_own_request=audit_log.by_user_agent(operator_floor.FLOOR_USER_AGENT))
     if kind.startswith("floor"):
         floor = operator_floor.Floor(cluster, 1 if kind == "floor-1" else args.floor_workers)
         stack.callback(floor.close)
@@ -126,13 +136,32 @@ def start_subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster:
                        pod_names=lambda name: operator_peer.pod_names(name, nnodes),
                        is_own_request=audit_log.by_user_agent(operator_peer.PEER_USER_AGENT), pid=peer.pid)
     operator = stack.enter_context(running_operator(cluster, namespace, log_dir, env=OPERATOR_ENV))
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
     return Subject(kind, namespace, watch,
                    submit=lambda names: poster.post_all(
-                       path, [sftjob(n, namespace, nnodes=nnodes, nproc_per_node=1) for n in names]),
+                       sftjob_path, [sftjob(n, namespace, nnodes=nnodes, nproc_per_node=1) for n in names]),
                    pod_names=lambda name: operator_floor.pod_names(name, nnodes),
                    is_own_request=lambda r: r.user_agent.startswith(OPERATOR_AGENTS) and r.namespace in (namespace, ""),
                    pid=operator.pid)
+
+
+def _floor_behind_sftjobs(poster: Poster, floor: operator_floor.Floor, path: str, namespace: str, nnodes: int,
+                          names: list[str]) -> None:
+    """floor-cr: each job's SFTJob POSTed as for the operator (no operator runs in this namespace), then, once that
+    POST returns, its objects by the floor's workers. The bound for any operator driven by a custom resource: the
+    floor plus the resource's own create, nothing for watching, deciding or reporting."""
+    created: list = []
+    lock = threading.Lock()
+
+    def one(name: str) -> None:
+        poster.post(path, sftjob(name, namespace, nnodes=nnodes, nproc_per_node=1))
+        futures = [floor.submit(obj) for obj in operator_floor.gang_objects(name, namespace, nnodes)]
+        with lock:
+            created.extend(futures)
+
+    for future in [poster.pool.submit(one, name) for name in names]:
+        future.result()
+    for future in list(created):
+        future.result()
 
 
 class RssSampler:
@@ -261,6 +290,10 @@ def run_single(cluster, args, subjects_wanted, poster, log_dir, peer_directory, 
         print(f"  {kind:10} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f}   "
               f"{ratio(row['p50_ms'], floor.get('p50_ms')):>10} {ratio(row['p99_ms'], floor.get('p99_ms')):>10}   "
               f"{ratio(row['p50_ms'], peer.get('p50_ms')):>9} {ratio(row['p99_ms'], peer.get('p99_ms')):>9}")
+    if "floor-cr" in single and "operator" in single:
+        row, bound = single["operator"], single["floor-cr"]
+        print(f"  operator / floor-cr (the floor behind its SFTJob's POST): p50 {ratio(row['p50_ms'], bound['p50_ms']).strip()}, "
+              f"p99 {ratio(row['p99_ms'], bound['p99_ms']).strip()}")
 
 
 def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_directory, tail, figures) -> None:
@@ -300,6 +333,10 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
         for kind in [k for k in SUBJECTS if k in runs and k != "floor"]:
             ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs[kind], runs["floor"])]
             print(f"  {kind} / floor, repeat by repeat: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    if "floor-cr" in burst and "operator" in burst:
+        ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs["operator"], runs["floor-cr"])]
+        print(f"  operator / floor-cr: {ratio(burst['operator']['last_created_s'], burst['floor-cr']['last_created_s']).strip()}"
+              f" (median repeats; repeat by repeat: {', '.join(f'{r:.2f}x' for r in ratios)})")
 
 
 def print_requests(figures: dict) -> None:

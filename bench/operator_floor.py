@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class Floor:
         response.read()
         if not 200 <= response.status < 300:
             raise RuntimeError(f"floor: POST {obj['kind']} {obj['metadata']['name']}: HTTP {response.status}")
+
+    def submit(self, obj: dict[str, Any]) -> Future:
+        """POST one object on one of the workers."""
+        return self.pool.submit(self._post, obj)
 
     def create(self, jobs: list[list[dict[str, Any]]]) -> None:
         """Creates every object of every job (in job order, each job's objects in the operator's order); returns

@@ -46,17 +46,18 @@ def test_operator_benchmark_runs_at_tiny_size(operator_pool, cluster, command, e
 @pytest.mark.timeout(1200)  # hack/test.sh builds the peer in the background: a cold run waits here for the build
 def test_anchors_benchmark_runs_floor_peer_and_operator(audited_cluster, tmp_path):
     """bench/operator_anchors.py at tiny size on a cluster with an audit log: every subject (the floor at 16 and 1
-    concurrent POSTs, the Go peer, the operator) produces its figures, requests per job included."""
+    concurrent POSTs, the floor behind each SFTJob's POST, the Go peer, the operator) produces its figures, requests
+    per job included."""
     build = subprocess.run(["bash", "hack/control-plane.sh", "peer-build"], cwd=REPO, capture_output=True, text=True,
                            timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     figures_file = tmp_path / "figures.json"
     _run(["bench/operator_anchors.py", "--single-runs", "1", "--bursts", "2", "--nnodes", "2",
           "--json", str(figures_file)],
-         ["1 job x 2 nodes, alone", "2 jobs x 2 nodes at once", "API requests per job start"],
+         ["1 job x 2 nodes, alone", "2 jobs x 2 nodes at once", "API requests per job start", "operator / floor-cr"],
          {**os.environ, "TRAINING_HUB_KUBECONFIG": audited_cluster.kubeconfig}, timeout=280)
     figures = json.loads(figures_file.read_text())
-    subjects = {"floor", "floor-1", "peer", "operator"}
+    subjects = {"floor", "floor-cr", "floor-1", "peer", "operator"}
     for phase in ("single", "burst_2"):
         assert set(figures[phase]) == subjects
         for subject, row in figures[phase].items():
