@@ -50,12 +50,34 @@ def pod(rank: int, version: int, *, uid: str | None = None, phase: str = "Runnin
     }
 
 
+# What reconcile reads from a pod to decide (the handler hands it slim pods from the cache).
+READERS = (
+    rc.pod_rank, rc.pod_attempt, rc.pod_group, rc.kueue_gated, rc.may_hold_its_group, rc.scheduling_gates,
+    rc._phase, rc._terminating, rc._is_ready, rc.classify_failure, rc.port_conflict,
+    rc._host_ports, lambda p: rc.scheduler_wait([p]), lambda p: rc.unadmitted_groups([p]),
+)
+
+
+def test_a_pending_slim_pod_keeps_why_it_waits():
+    full = pod(1, 11, phase="Pending")
+    full["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] = "train-0"
+    full["metadata"]["finalizers"] = ["kueue.x-k8s.io/managed"]
+    full["spec"].pop("nodeName")
+    full["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": "0/4 nodes are available: 4 node(s) didn't have free ports."}]
+    del full["status"]["containerStatuses"]
+    slim = slim_pod(full)
+    for read in READERS:
+        assert read(slim) == read(full), read.__name__
+    assert rc.port_conflict(slim) and rc.scheduler_wait([slim])
+
+
 def test_a_slim_pod_keeps_what_reconcile_reads_and_is_a_small_part_of_the_pod():
     full = pod(0, 10, phase="Failed")
     full["metadata"]["deletionTimestamp"] = "2026-11-29T10:05:00Z"
     full["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
     slim = slim_pod(full)
-    for read in (rc.pod_rank, rc.pod_attempt, rc.kueue_gated, rc.classify_failure, rc.scheduling_gates, rc._host_ports):
+    for read in READERS:
         assert read(slim) == read(full), read.__name__
     assert slim["metadata"]["labels"] == full["metadata"]["labels"]
     assert slim["spec"]["nodeName"] == "gpu-1"
