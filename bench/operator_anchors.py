@@ -112,11 +112,15 @@ def start_subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster:
     watch.start()
     stack.callback(watch.stop)
     sftjob_path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+
+    def sftjob_body(name: str) -> dict:
+        return sftjob(name, namespace, nnodes=nnodes, nproc_per_node=1)
+
     if kind == "floor-cr":
         floor = operator_floor.Floor(cluster, args.floor_workers)
         stack.callback(floor.close)
         return Subject(kind, namespace, watch,
-                       submit=lambda names: _floor_behind_sftjobs(poster, floor, sftjob_path, namespace, nnodes, names),
+                       submit=lambda names: _floor_behind_sftjobs(poster, floor, sftjob_path, sftjob_body, names),
                        pod_names=lambda name: operator_floor.pod_names(name, nnodes),
                        is_own_request=audit_log.by_user_agent(operator_floor.FLOOR_USER_AGENT))
     if kind.startswith("floor"):
@@ -137,14 +141,13 @@ def start_subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster:
                        is_own_request=audit_log.by_user_agent(operator_peer.PEER_USER_AGENT), pid=peer.pid)
     operator = stack.enter_context(running_operator(cluster, namespace, log_dir, env=OPERATOR_ENV))
     return Subject(kind, namespace, watch,
-                   submit=lambda names: poster.post_all(
-                       sftjob_path, [sftjob(n, namespace, nnodes=nnodes, nproc_per_node=1) for n in names]),
+                   submit=lambda names: poster.post_all(sftjob_path, [sftjob_body(n) for n in names]),
                    pod_names=lambda name: operator_floor.pod_names(name, nnodes),
                    is_own_request=lambda r: r.user_agent.startswith(OPERATOR_AGENTS) and r.namespace in (namespace, ""),
                    pid=operator.pid)
 
 
-def _floor_behind_sftjobs(poster: Poster, floor: operator_floor.Floor, path: str, namespace: str, nnodes: int,
+def _floor_behind_sftjobs(poster: Poster, floor: operator_floor.Floor, path: str, body: Callable[[str], dict],
                           names: list[str]) -> None:
     """floor-cr: each job's SFTJob POSTed as for the operator (no operator runs in this namespace), then, once that
     POST returns, its objects by the floor's workers. The bound for any operator driven by a custom resource: the
@@ -153,8 +156,10 @@ def _floor_behind_sftjobs(poster: Poster, floor: operator_floor.Floor, path: str
     lock = threading.Lock()
 
     def one(name: str) -> None:
-        poster.post(path, sftjob(name, namespace, nnodes=nnodes, nproc_per_node=1))
-        futures = [floor.submit(obj) for obj in operator_floor.gang_objects(name, namespace, nnodes)]
+        job = body(name)
+        poster.post(path, job)
+        futures = [floor.submit(obj) for obj in operator_floor.gang_objects(name, job["metadata"]["namespace"],
+                                                                              job["spec"]["nnodes"])]
         with lock:
             created.extend(futures)
 

@@ -469,7 +469,7 @@ def _peer_failure_pending(failures: list[PodFailure], current: Mapping[int, Mapp
     failed = {f.pod_name for f in failures}
     if not any(_phase(p) in ("Running", "Pending") for p in current.values() if p["metadata"]["name"] not in failed):
         return 0.0
-    first = min(f.finished_at for f in failures if f.finished_at is not None)
+    first = min(f.finished_at for f in failures)  # type: ignore[type-var]  # all set: checked above
     left = (first + timedelta(seconds=PEER_FAILURE_GRACE_SECONDS) - now).total_seconds()
     return min(max(0.0, left), PEER_FAILURE_GRACE_SECONDS)  # bounded whatever the kubelet's clock says
 

@@ -472,12 +472,11 @@ def _train(run: _Run, kwargs: Mapping[str, Any], request: Any, trainer: str) -> 
             tailer.stop()
         report = _read_report(result_file)
     outcome, code, message = decide_training_outcome(child, report)
-    failure = workers.failure() if outcome == Outcome.FAILED else None
-    if failure is not None:
-        message, code = f"{failure.describe()}. {message}", failure.exit_code(code)
+    extra: dict[str, Any] = {}
+    if outcome == Outcome.FAILED:
+        message, code, extra = workers.explain(message, code)
     summary = training_summary(outcome, message, report, tailer.last_event if tailer else None)
-    summary.update(failure.summary_fields() if failure else {})
-    return run.finish(outcome, message, code, summary)
+    return run.finish(outcome, message, code, {**summary, **extra})
 
 
 def _scratch_directory(ckpt_output_dir: str) -> tempfile.TemporaryDirectory:
@@ -535,14 +534,12 @@ def command_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> i
             name = signal.Signals(child.signal_received).name
             return run.finish(Outcome.PREEMPTED, f"received {name} during preflight", 128 + child.signal_received)
         if child.returncode != 0:
-            code = exit_code_for_signal_death(child.returncode) if child.returncode < 0 else ExitCode.TRAINING_FAILED
-            message = (f"torchrun exited with code {child.returncode} (node rank {distributed.node_rank} of "
-                       f"{distributed.nnodes}, endpoint {distributed.rdzv_endpoint})")
-            failure = workers.failure()
-            if failure is not None:
-                message, code = f"{failure.describe()}; {message}", failure.exit_code(code)
+            message, code, extra = workers.explain(
+                f"torchrun exited with code {child.returncode} (node rank {distributed.node_rank} of "
+                f"{distributed.nnodes}, endpoint {distributed.rdzv_endpoint})",
+                exit_code_for_signal_death(child.returncode) if child.returncode < 0 else ExitCode.TRAINING_FAILED,
+            )
             message = f"preflight failed: {message}"
-            extra = failure.summary_fields() if failure else None
             return run.finish(Outcome.FAILED, message, code, build_summary(Outcome.FAILED, message, extra=extra))
         message = f"all-reduce sum correct on every rank (node rank {distributed.node_rank} of {distributed.nnodes})"
         if reports:

@@ -107,6 +107,14 @@ class TorchrunOutputWatch:
                     self.root_cause, self._in_root_cause = self.exits[-1], False
                 self._rank = None
 
+    def explain(self, message: str, code: int) -> tuple[str, int, dict[str, object]]:
+        """A failed run's message and exit code told what this node's side of it was, with the summary's extra
+        fields; unchanged (and none) when the output says nothing."""
+        failure = self.failure()
+        if failure is None:
+            return message, code, {}
+        return f"{failure.describe()}. {message}", failure.exit_code(code), failure.summary_fields()
+
     def failure(self) -> WorkerFailure | None:
         """What the output says about the failure, or None when it says nothing (not a worker failure)."""
         with self._lock:

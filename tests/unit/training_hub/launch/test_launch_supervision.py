@@ -22,6 +22,13 @@ def _setup(tmp_path: Path, **env: str):
     return config, clean_env(TRAINING_HUB_TERMINATION_LOG=str(tmp_path / "termination-log"), **env)
 
 
+def _sft(tmp_path: Path, trainer: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`training-hub sft` with `trainer` standing in for training: the finished process and its summary."""
+    config, env = _setup(tmp_path)
+    done = run_cli(["sft", "--config", str(config)], env=env, trainer=trainer)
+    return done, read_summary(tmp_path / "termination-log")
+
+
 def _progress_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"event": "progress"')]
 
@@ -52,10 +59,8 @@ def test_success_prints_a_progress_line_per_step_and_writes_the_summary(tmp_path
 
 @pytest.mark.timeout(90)
 def test_training_failure_exits_1_with_the_last_progress_in_the_summary(tmp_path):
-    config, env = _setup(tmp_path)
-    done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:fail")
+    done, summary = _sft(tmp_path, "launch_fakes:fail")
     assert done.returncode == 1
-    summary = read_summary(tmp_path / "termination-log")
     assert summary["outcome"] == "failed"
     assert summary["message"] == "RuntimeError: training failed on node rank 0: torchrun ended with exit status 1"
     assert (summary["step"], summary["loss"]) == (2, 2.5)  # from the progress the entrypoint saw
@@ -63,20 +68,16 @@ def test_training_failure_exits_1_with_the_last_progress_in_the_summary(tmp_path
 
 @pytest.mark.timeout(90)
 def test_a_worker_killed_on_this_node_is_named_and_exits_128_plus_the_signal(tmp_path):
-    config, env = _setup(tmp_path)
-    done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:fail_with_a_killed_worker")
+    done, summary = _sft(tmp_path, "launch_fakes:fail_with_a_killed_worker")
     assert done.returncode == 137, done.stderr
-    summary = read_summary(tmp_path / "termination-log")
     assert summary["outcome"] == "failed" and "peerLost" not in summary
     assert summary["message"].startswith("worker rank 3 (local rank 0) was killed by SIGKILL. RuntimeError: Suffered")
 
 
 @pytest.mark.timeout(90)
 def test_a_node_that_lost_a_peer_says_so_and_its_stderr_still_reaches_ours(tmp_path):
-    config, env = _setup(tmp_path)
-    done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:fail_after_losing_a_peer")
+    done, summary = _sft(tmp_path, "launch_fakes:fail_after_losing_a_peer")
     assert done.returncode == 1
-    summary = read_summary(tmp_path / "termination-log")
     assert summary["peerLost"] is True and "Connection reset by peer" in summary["message"]
     assert "[rank2]: RuntimeError" in done.stderr and "Root Cause (first observed failure)" in done.stderr
     assert "[rank2]" not in done.stdout  # relayed to stderr, where the trainer wrote it
@@ -84,10 +85,8 @@ def test_a_node_that_lost_a_peer_says_so_and_its_stderr_still_reaches_ours(tmp_p
 
 @pytest.mark.timeout(90)
 def test_parameter_error_inside_the_trainer_is_permanent(tmp_path):
-    config, env = _setup(tmp_path)
-    done = run_cli(["sft", "--config", str(config)], env=env, trainer="launch_fakes:reject")
+    done, summary = _sft(tmp_path, "launch_fakes:reject")
     assert done.returncode == 78
-    summary = read_summary(tmp_path / "termination-log")
     assert summary["outcome"] == "invalid_config" and "adamw_wieght_decay" in summary["message"]
 
 
