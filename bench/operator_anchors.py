@@ -77,6 +77,8 @@ class Measurement:
     cpu_s: float | None = None
     rss_peak_mib: float | None = None
     pods_seen: int = 0
+    # (seconds from start, "who verb resource") of every request in the window, the bench's own included
+    timeline: list[tuple[float, str]] = field(default_factory=list)
 
 
 class Poster:
@@ -213,8 +215,9 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
     if tail:
         tail.read()  # what came before is not this measurement's
     cpu_before = cpu_seconds(subject.pid) if subject.pid else None
+    timeline: list[tuple[float, str]] = []
     with RssSampler(subject.pid) as rss:
-        started = time.monotonic()
+        started, wall_started = time.monotonic(), time.time()
         subject.submit(names)
         done = {name: operator_floor.wait_created(subject.watch, subject.pod_names(name), timeout) for name in names}
         requests: list[audit_log.Request] = []
@@ -222,7 +225,9 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
             quiet_since, deadline = time.monotonic(), time.monotonic() + max(60.0, settle * 10)
             while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
                 time.sleep(0.2)
-                new = [r for r in tail.read() if subject.is_own_request(r) and r.verb != "watch"]
+                read = [r for r in tail.read() if r.verb != "watch"]
+                timeline += [(r.received - wall_started, _timeline_key(subject, r)) for r in read]
+                new = [r for r in read if subject.is_own_request(r)]
                 if new:
                     requests += new
                     quiet_since = time.monotonic()
@@ -236,7 +241,30 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
         cpu_s=cpu_seconds(subject.pid) - cpu_before if subject.pid else None,
         rss_peak_mib=rss.peak or None,
         pods_seen=len(subject.watch.created),
+        timeline=timeline,
     )
+
+
+def _timeline_key(subject: Subject, request: audit_log.Request) -> str:
+    who = "own" if subject.is_own_request(request) else (
+        "bench" if request.user_agent.startswith(operator_floor.BENCH_USER_AGENT) else "other")
+    return f"{who} {request.verb} {request.resource}"
+
+
+def print_timeline(kind: str, m: Measurement, step: float = 0.5) -> None:
+    """Requests per `step` seconds from the burst's start, by who made them: where the subject's time went."""
+    keys = sorted({key for _, key in m.timeline if not key.startswith("other")})
+    if not keys:
+        return
+    bins = int(max(at for at, _ in m.timeline) // step) + 1
+    table = {key: [0] * bins for key in keys}
+    for at, key in m.timeline:
+        if key in table and at >= 0:
+            table[key][int(at // step)] += 1
+    print(f"  timeline of {kind} (requests per {step} s; its last pods at {m.last_created_s:.2f} s):")
+    print("    " + " ".join(f"{i * step:>5.1f}" for i in range(bins)) + "   request")
+    for key in keys:
+        print("    " + " ".join(f"{n:>5}" for n in table[key]) + f"   {key}")
 
 
 def delete_namespace(cluster, namespace: str, timeout: float = 600) -> None:
@@ -338,6 +366,9 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
         for kind in [k for k in SUBJECTS if k in runs and k != "floor"]:
             ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs[kind], runs["floor"])]
             print(f"  {kind} / floor, repeat by repeat: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    if args.timeline:
+        for kind in order:
+            print_timeline(kind, results[kind])
     if "floor-cr" in burst and "operator" in burst:
         ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs["operator"], runs["floor-cr"])]
         print(f"  operator / floor-cr: {ratio(burst['operator']['last_created_s'], burst['floor-cr']['last_created_s']).strip()}"
@@ -371,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds without a request of the subject that end a single job's count (bursts: x3)")
     parser.add_argument("--scale", action="store_true", help="1,000 jobs x 8 nodes (64 fake nodes), no single runs")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each burst's requests per 0.5 s, by who made them (the median repeat)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     pool_nodes = 16
@@ -397,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             run_burst(cluster, args, jobs, rotated(subjects, index), poster, log_dir, peer_directory, tail, figures)
         if tail:
             print_requests(figures)
+            tail.close()
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print(f"\nlogs: {log_dir}")

@@ -47,14 +47,15 @@ def test_operator_benchmark_runs_at_tiny_size(operator_pool, cluster, command, e
 def test_anchors_benchmark_runs_floor_peer_and_operator(audited_cluster, tmp_path):
     """bench/operator_anchors.py at tiny size on a cluster with an audit log: every subject (the floor at 16 and 1
     concurrent POSTs, the floor behind each SFTJob's POST, the Go peer, the operator) produces its figures, requests
-    per job included."""
+    per job included; `--timeline` prints where each burst's requests fell."""
     build = subprocess.run(["bash", "hack/control-plane.sh", "peer-build"], cwd=REPO, capture_output=True, text=True,
                            timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     figures_file = tmp_path / "figures.json"
     _run(["bench/operator_anchors.py", "--single-runs", "1", "--bursts", "2", "--nnodes", "2",
-          "--json", str(figures_file)],
-         ["1 job x 2 nodes, alone", "2 jobs x 2 nodes at once", "API requests per job start", "operator / floor-cr"],
+          "--timeline", "--json", str(figures_file)],
+         ["1 job x 2 nodes, alone", "2 jobs x 2 nodes at once", "API requests per job start", "operator / floor-cr",
+          "timeline of operator", "own create pods", "bench create sftjobs"],
          {**os.environ, "TRAINING_HUB_KUBECONFIG": audited_cluster.kubeconfig}, timeout=280)
     figures = json.loads(figures_file.read_text())
     subjects = {"floor", "floor-cr", "floor-1", "peer", "operator"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -71,11 +72,22 @@ def parse(lines: Iterable[str]) -> Iterator[Request]:
         )
 
 
+def log_files(path: str | Path) -> list[Path]:
+    """The log and its rotated parts, oldest first. The API server rotates its audit log at --audit-log-maxsize
+    (0, the default, means lumberjack's 100 MB: a long benchmark passes it), renaming it to <name>-<time><ext>."""
+    path = Path(path)
+    rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"), key=lambda part: part.stat().st_mtime)
+    return [*rotated, *([path] if path.exists() else [])]
+
+
 def requests(path: str | Path, since: float = 0.0, until: float = float("inf"),
              where: Callable[[Request], bool] | None = None) -> list[Request]:
-    """Requests received in [since, until] (time.time() seconds) that `where` accepts."""
-    with open(path, encoding="utf-8", errors="replace") as log:
-        return [r for r in parse(log) if since <= r.received <= until and (where is None or where(r))]
+    """Requests received in [since, until] (time.time() seconds) that `where` accepts, rotated parts included."""
+    found: list[Request] = []
+    for part in log_files(path):
+        with open(part, encoding="utf-8", errors="replace") as log:
+            found += [r for r in parse(log) if since <= r.received <= until and (where is None or where(r))]
+    return found
 
 
 def count(found: Iterable[Request], key: Callable[[Request], object] = lambda r: r.kind) -> collections.Counter:
@@ -90,16 +102,34 @@ def by_user_agent(prefix: str) -> Callable[[Request], bool]:
 
 class Tail:
     """Reads an audit log as it grows: each `read()` returns the requests logged since the previous one (a benchmark
-    that counts many windows of a long log reads each line once)."""
+    that counts many windows of a long log reads each line once). Follows the log through a rotation: the file it
+    holds open is read to its end before the new one is read from its start (before, a rotation made every later
+    read empty, and a burst was counted as 0 requests per job)."""
 
     def __init__(self, path: str | Path, from_end: bool = True) -> None:
         self.path = Path(path)
-        self._offset = self.path.stat().st_size if from_end else 0
+        self._file = open(self.path, "rb")  # noqa: SIM115 - held across reads, closed by close()
+        if from_end:
+            self._file.seek(0, 2)
+        self._partial = b""
 
     def read(self) -> list[Request]:
-        with open(self.path, "rb") as log:
-            log.seek(self._offset)
-            data = log.read()
+        data = self._file.read()
+        if self._rotated():
+            data += self._file.read()  # the rest of the renamed part, written before the rename
+            self._file.close()
+            self._file = open(self.path, "rb")  # noqa: SIM115
+            data += self._file.read()
+        data, self._partial = self._partial + data, b""
         complete = data.rfind(b"\n") + 1  # a half-written last line waits for the next read
-        self._offset += complete
-        return list(parse(data[:complete].decode("utf-8", "replace").splitlines()))
+        data, self._partial = data[:complete], data[complete:]
+        return list(parse(data.decode("utf-8", "replace").splitlines()))
+
+    def _rotated(self) -> bool:
+        try:
+            return self.path.stat().st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            return False  # renamed, the new file not created yet: the next read switches
+
+    def close(self) -> None:
+        self._file.close()
