@@ -246,14 +246,20 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
 
 
 def _timeline_key(subject: Subject, request: audit_log.Request) -> str:
-    who = "own" if subject.is_own_request(request) else (
-        "bench" if request.user_agent.startswith(operator_floor.BENCH_USER_AGENT) else "other")
-    return f"{who} {request.verb} {request.resource}"
+    if subject.is_own_request(request):
+        return f"own {request.verb} {request.resource}"
+    if request.user_agent.startswith(operator_floor.BENCH_USER_AGENT):
+        return f"bench {request.verb} {request.resource}"
+    # the control plane's own clients (scheduler, kwok, controller-manager) by program: what else loads the server
+    return f"other {request.user_agent.split('/', 1)[0]} {request.verb}"
 
 
-def print_timeline(kind: str, m: Measurement, step: float = 0.5) -> None:
-    """Requests per `step` seconds from the burst's start, by who made them: where the subject's time went."""
-    keys = sorted({key for _, key in m.timeline if not key.startswith("other")})
+def print_timeline(kind: str, m: Measurement, step: float = 0.5, others: int = 4) -> None:
+    """Requests per `step` seconds from the burst's start, by who made them: where the subject's time went. Of the
+    control plane's own requests, the `others` most frequent kinds."""
+    counts = collections.Counter(key for _, key in m.timeline)
+    busiest = [key for key, _ in counts.most_common() if key.startswith("other")][:others]
+    keys = sorted(key for key in counts if not key.startswith("other")) + busiest
     if not keys:
         return
     bins = int(max(at for at, _ in m.timeline) // step) + 1
@@ -368,7 +374,8 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
             print(f"  {kind} / floor, repeat by repeat: {', '.join(f'{r:.2f}x' for r in ratios)}")
     if args.timeline:
         for kind in order:
-            print_timeline(kind, results[kind])
+            for index, m in enumerate(runs[kind]):
+                print_timeline(f"{kind}, repeat {index + 1}" + (" (the median)" if m is results[kind] else ""), m)
     if "floor-cr" in burst and "operator" in burst:
         ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs["operator"], runs["floor-cr"])]
         print(f"  operator / floor-cr: {ratio(burst['operator']['last_created_s'], burst['floor-cr']['last_created_s']).strip()}"
@@ -403,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds without a request of the subject that end a single job's count (bursts: x3)")
     parser.add_argument("--scale", action="store_true", help="1,000 jobs x 8 nodes (64 fake nodes), no single runs")
     parser.add_argument("--timeline", action="store_true",
-                        help="print each burst's requests per 0.5 s, by who made them (the median repeat)")
+                        help="print each burst's requests per 0.5 s, by who made them (every repeat)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     pool_nodes = 16
