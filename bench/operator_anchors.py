@@ -225,9 +225,9 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
             quiet_since, deadline = time.monotonic(), time.monotonic() + max(60.0, settle * 10)
             while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
                 time.sleep(0.2)
-                read = [r for r in tail.read() if r.verb != "watch"]
-                timeline += [(r.received - wall_started, _timeline_key(subject, r)) for r in read]
-                new = [r for r in read if subject.is_own_request(r)]
+                keyed = [(r, _timeline_key(subject, r)) for r in tail.read() if r.verb != "watch"]
+                timeline += [(r.received - wall_started, key) for r, key in keyed]
+                new = [r for r, key in keyed if key.startswith(OWN)]
                 if new:
                     requests += new
                     quiet_since = time.monotonic()
@@ -245,9 +245,12 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
     )
 
 
+OWN = "own "  # the timeline key of the subject's own requests (what measure() counts)
+
+
 def _timeline_key(subject: Subject, request: audit_log.Request) -> str:
     if subject.is_own_request(request):
-        return f"own {request.verb} {request.resource}"
+        return f"{OWN}{request.verb} {request.resource}"
     if request.user_agent.startswith(operator_floor.BENCH_USER_AGENT):
         return f"bench {request.verb} {request.resource}"
     # the control plane's own clients (scheduler, kwok, controller-manager) by program: what else loads the server

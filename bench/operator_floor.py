@@ -91,7 +91,7 @@ class Floor:
     def create(self, jobs: list[list[dict[str, Any]]]) -> None:
         """Creates every object of every job (in job order, each job's objects in the operator's order); returns
         once all are created."""
-        for future in [self.pool.submit(self._post, obj) for objects in jobs for obj in objects]:
+        for future in [self.submit(obj) for objects in jobs for obj in objects]:
             future.result()
 
 
