@@ -10,11 +10,15 @@ bench/operator_peer.py) and the operator (`sftjob-operator run`, production timi
 - API requests per job start, by verb and resource, from the API server's audit log (by the subject's user agent;
   long-running watches left out; requests of the same window that concern no measured job, such as an earlier
   job's progress log read or API discovery, are printed apart as the subject's background);
-- CPU seconds (/proc/<pid>/stat) and peak RSS of the operator and the peer per burst.
+- CPU seconds (/proc/<pid>/stat) and peak RSS of the operator and the peer per burst; and for every repeat of a
+  burst, the CPU seconds until its last pods of the subject, the bench process and each control-plane process (on
+  shared cores their sum is the machine's work: what one process uses, the others wait for);
+- with `--variant NAME:KEY=VALUE,...`, another operator subject with those environment variables: an A/B in one run.
 
     .venv/bin/python bench/operator_anchors.py [--single-runs 20] [--bursts 100,200] [--burst-repeats 1] [--nnodes 4]
     .venv/bin/python bench/operator_anchors.py --scale            # 1,000 jobs x 8 nodes on 64 fake nodes
     .venv/bin/python bench/operator_anchors.py --subjects floor,operator   # without the peer
+    .venv/bin/python bench/operator_anchors.py --subjects operator --variant client:SFTJOB_OPERATOR_API_TRANSPORT=client
 
 Runs on a fresh kwokctl cluster with an audit log (or TRAINING_HUB_KUBECONFIG: requests are counted only if that
 cluster writes one). The peer is built first if needed (`hack/control-plane.sh peer-build`, cached; cold: minutes).
@@ -54,6 +58,21 @@ OPERATOR_AGENTS = (USER_AGENT, "kopf/", "OpenAPI-Generator/")
 # The resync safety net is a steady-state cost, not a job-start cost: out of the window. Progress polling keeps its
 # production timing: reading logs before a pod can have written any is part of what a job start costs.
 OPERATOR_ENV = {"SFTJOB_OPERATOR_RESYNC_SECONDS": "600"}
+# --variant NAME:KEY=VALUE,...: more operator subjects, `operator-NAME`, each with its own environment on top of
+# OPERATOR_ENV. An A/B in one run, interleaved like the other subjects (separate runs differ by more than most changes).
+VARIANTS: dict[str, dict[str, str]] = {}
+
+
+def subject_order() -> list[str]:
+    return [*SUBJECTS, *VARIANTS]
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, settings = text.partition(":")
+    pairs = [item.split("=", 1) for item in settings.split(",") if item]
+    if not name or not pairs or any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"--variant: NAME:KEY=VALUE[,KEY=VALUE...] (got {text!r})")
+    return f"operator-{name}", dict(pairs)
 POSTERS = 16  # concurrent POSTs of SFTJobs / PyTorchJobs in a burst, as kubectl apply from many hands
 
 
@@ -66,6 +85,7 @@ class Subject:
     pod_names: Callable[[str], list[str]]
     is_own_request: Callable[[audit_log.Request], bool]
     pid: int | None = None
+    plane: dict[str, int] = field(default_factory=dict)  # the control plane's processes by program (kube-apiserver, ...)
 
 
 @dataclass
@@ -79,6 +99,19 @@ class Measurement:
     pods_seen: int = 0
     # (seconds from start, "who verb resource") of every request in the window, the bench's own included
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    # CPU seconds from start to the last pods seen: the subject's, the bench process's (the floor's POSTs, every
+    # subject's pod watch) and each control-plane process's. On shared cores, what one uses the others wait for.
+    cpu_to_last: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_snapshot(subject: "Subject") -> dict[str, float]:
+    pids = {"subject": subject.pid, "bench": os.getpid(), **subject.plane}
+    snapshot = {}
+    for name, pid in pids.items():
+        if pid:
+            with contextlib.suppress(OSError):
+                snapshot[name] = cpu_seconds(pid)
+    return snapshot
 
 
 class Poster:
@@ -107,6 +140,17 @@ class Poster:
 
 def start_subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster: Poster, log_dir: Path,
                   peer_directory: Path | None) -> Subject:
+    subject = _subject(kind, cluster, stack, args, poster, log_dir, peer_directory)
+    subject.plane = {name: pid for name, pid in cluster.component_pids().items() if name in PLANE}
+    return subject
+
+
+# The control plane's processes whose CPU a measurement reports (kwokctl's binaries; etcd is its own).
+PLANE = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok-controller")
+
+
+def _subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster: Poster, log_dir: Path,
+             peer_directory: Path | None) -> Subject:
     namespace = new_namespace(cluster, f"anchors-{kind}")
     nnodes = args.nnodes
     watch = PodWatch(cluster, namespace)
@@ -141,7 +185,7 @@ def start_subject(kind: str, cluster, stack: contextlib.ExitStack, args, poster:
                            path, [operator_peer.pytorchjob(n, namespace, nnodes, template_pod) for n in names]),
                        pod_names=lambda name: operator_peer.pod_names(name, nnodes),
                        is_own_request=audit_log.by_user_agent(operator_peer.PEER_USER_AGENT), pid=peer.pid)
-    operator = stack.enter_context(running_operator(cluster, namespace, log_dir, env=OPERATOR_ENV))
+    operator = stack.enter_context(running_operator(cluster, namespace, log_dir, env={**OPERATOR_ENV, **VARIANTS.get(kind, {})}))
     return Subject(kind, namespace, watch,
                    submit=lambda names: poster.post_all(sftjob_path, [sftjob_body(n) for n in names]),
                    pod_names=lambda name: operator_floor.pod_names(name, nnodes),
@@ -217,9 +261,11 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
     cpu_before = cpu_seconds(subject.pid) if subject.pid else None
     timeline: list[tuple[float, str]] = []
     with RssSampler(subject.pid) as rss:
+        plane_before = cpu_snapshot(subject)
         started, wall_started = time.monotonic(), time.time()
         subject.submit(names)
         done = {name: operator_floor.wait_created(subject.watch, subject.pod_names(name), timeout) for name in names}
+        plane_after = cpu_snapshot(subject)
         requests: list[audit_log.Request] = []
         if tail:
             quiet_since, deadline = time.monotonic(), time.monotonic() + max(60.0, settle * 10)
@@ -242,6 +288,7 @@ def measure(subject: Subject, names: list[str], tail: audit_log.Tail | None, *, 
         rss_peak_mib=rss.peak or None,
         pods_seen=len(subject.watch.created),
         timeline=timeline,
+        cpu_to_last={name: round(plane_after[name] - plane_before[name], 2) for name in plane_after if name in plane_before},
     )
 
 
@@ -274,6 +321,17 @@ def print_timeline(kind: str, m: Measurement, step: float = 0.5, others: int = 4
     print("    " + " ".join(f"{i * step:>5.1f}" for i in range(bins)) + "   request")
     for key in keys:
         print("    " + " ".join(f"{n:>5}" for n in table[key]) + f"   {key}")
+
+
+def print_cpu(order: list[str], runs: dict[str, list[Measurement]], medians: dict[str, Measurement]) -> None:
+    """Every repeat's CPU seconds until its last pods: the subject's, the bench's, the control plane's processes."""
+    print("  CPU s until the last pods, every repeat (subject; bench process; control plane; their sum):")
+    for kind in order:
+        for index, m in enumerate(runs[kind]):
+            shown = ", ".join(f"{name.removeprefix('kube-').removesuffix('-controller')} {m.cpu_to_last[name]:.1f}"
+                              for name in ("subject", "bench", *PLANE) if name in m.cpu_to_last)
+            mark = "*" if m is medians[kind] else " "
+            print(f"    {kind:9} {index + 1}{mark} {m.last_created_s:6.2f} s   {shown}; sum {sum(m.cpu_to_last.values()):.1f}")
 
 
 def delete_namespace(cluster, namespace: str, timeout: float = 600) -> None:
@@ -361,8 +419,9 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
                        "pods_expected": jobs * args.nnodes, "requests_per_job": per_job(m.requests, jobs),
                        "requests_per_job_total": round(sum(m.requests.values()) / jobs, 2),
                        "background_per_run": dict(sorted(m.background.items())),
-                       "last_created_s_per_repeat": [r.last_created_s for r in runs[kind]]}
-    for kind in [k for k in SUBJECTS if k in burst]:
+                       "last_created_s_per_repeat": [r.last_created_s for r in runs[kind]],
+                       "cpu_to_last_per_repeat": [r.cpu_to_last for r in runs[kind]]}
+    for kind in [k for k in subject_order() if k in burst]:
         row, floor, peer = burst[kind], burst.get("floor", {}), burst.get("peer", {})
         cpu = f"{row['cpu_s']:6.1f}" if row["cpu_s"] is not None else "     -"
         rss = f"{row['rss_peak_mib']:7.0f}" if row["rss_peak_mib"] else "      -"
@@ -372,13 +431,20 @@ def run_burst(cluster, args, jobs: int, order: list[str], poster, log_dir, peer_
               f"{ratio(row['cpu_s'], peer.get('cpu_s')):>7}   {rss}   {row['requests_per_job_total']:7.1f}   "
               f"{row['pods_seen']}/{row['pods_expected']}")
     if args.burst_repeats > 1 and "floor" in runs:
-        for kind in [k for k in SUBJECTS if k in runs and k != "floor"]:
+        for kind in [k for k in subject_order() if k in runs and k != "floor"]:
             ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs[kind], runs["floor"])]
             print(f"  {kind} / floor, repeat by repeat: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    print_cpu(order, runs, results)
     if args.timeline:
         for kind in order:
             for index, m in enumerate(runs[kind]):
                 print_timeline(f"{kind}, repeat {index + 1}" + (" (the median)" if m is results[kind] else ""), m)
+    for variant in [k for k in VARIANTS if k in runs and "operator" in runs]:
+        pairs = list(zip(runs[variant], runs["operator"]))
+        times = sorted(v.last_created_s / o.last_created_s for v, o in pairs)
+        cpus = sorted(v.cpu_s / o.cpu_s for v, o in pairs if v.cpu_s and o.cpu_s)
+        print(f"  {variant} / operator, repeat by repeat: time {', '.join(f'{r:.2f}x' for r in times)} (sorted; "
+              f"median {times[(len(times) - 1) // 2]:.2f}x); CPU {', '.join(f'{r:.2f}x' for r in cpus)}")
     if "floor-cr" in burst and "operator" in burst:
         ratios = [m.last_created_s / f.last_created_s for m, f in zip(runs["operator"], runs["floor-cr"])]
         print(f"  operator / floor-cr: {ratio(burst['operator']['last_created_s'], burst['floor-cr']['last_created_s']).strip()}"
@@ -390,7 +456,7 @@ def print_requests(figures: dict) -> None:
     for phase, rows in figures.items():
         if not isinstance(rows, dict):
             continue
-        for kind in [k for k in SUBJECTS if k in rows]:
+        for kind in [k for k in subject_order() if k in rows]:
             row = rows[kind]
             if isinstance(row, dict) and "requests_per_job" in row:
                 detail = ", ".join(f"{k} {v:g}" for k, v in row["requests_per_job"].items())
@@ -409,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-repeats", type=int, default=1,
                         help="each burst this many times per subject, interleaved; the median stands (bursts vary ~10%%)")
     parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"a subset of {','.join(SUBJECTS)}")
+    parser.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME:KEY=VALUE,...",
+                        help="one more operator subject, operator-NAME, with these environment variables (repeatable)")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds without a request of the subject that end a single job's count (bursts: x3)")
     parser.add_argument("--scale", action="store_true", help="1,000 jobs x 8 nodes (64 fake nodes), no single runs")
@@ -419,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     pool_nodes = 16
     if args.scale:
         args.bursts, args.nnodes, args.single_runs, pool_nodes = "1000", 8, 0, 64
-    subjects = [s for s in SUBJECTS if s in args.subjects.split(",")]
+    VARIANTS.update(args.variant)
+    subjects = [s for s in SUBJECTS if s in args.subjects.split(",")] + list(VARIANTS)
     bursts = [int(b) for b in args.bursts.split(",") if b]
     peer_directory = operator_peer.peer_dir(build=True) if "peer" in subjects else None
     log_dir = Path(tempfile.mkdtemp(prefix="operator-anchors-"))

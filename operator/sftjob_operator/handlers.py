@@ -35,7 +35,7 @@ from kubernetes.client.rest import ApiException
 from sftjob_operator import labels
 from sftjob_operator import reconcile as rc
 from sftjob_operator import status as st
-from sftjob_operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
+from sftjob_operator.kube import GROUP, PLURAL, VERSION, ClientTransport, Conflict, Kube
 from sftjob_operator.orphans import OrphanSweeper
 from sftjob_operator.pod_cache import PodCache, newer as _newer
 from sftjob_operator.watch_health import WatchCollector, WatchHealth, is_connection_error
@@ -48,6 +48,9 @@ JobKey = tuple[str, str]  # (namespace, name)
 
 
 BURST_GAP_SECONDS = 0.5  # new jobs this close together are one burst (JobReconciler._note_arrival)
+
+
+TRANSPORTS = ("direct", "client")
 
 
 @dataclass
@@ -68,6 +71,9 @@ class RuntimeSettings:
     starts_first_seconds: float = 5.0
     workers: int = 16  # threads doing API calls (jobs reconciled in parallel)
     error_retry_seconds: float = 5.0
+    # How requests travel (kube.py): "direct", keep-alive connections of the standard library; "client", through
+    # the kubernetes client's urllib3 pool, twice the CPU per request (the way back, should direct not suit a setup).
+    api_transport: str = "direct"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "RuntimeSettings":
@@ -88,6 +94,11 @@ class RuntimeSettings:
                 except ValueError:
                     what = "a whole number" if kind is int else "a number of seconds"
                     raise ValueError(f"{name}: must be {what} (got {raw!r})") from None
+        transport = environ.get("SFTJOB_OPERATOR_API_TRANSPORT", "").strip()
+        if transport:
+            if transport not in TRANSPORTS:
+                raise ValueError(f"SFTJOB_OPERATOR_API_TRANSPORT: must be one of {', '.join(TRANSPORTS)} (got {transport!r})")
+            values["api_transport"] = transport
         return cls(**values)
 
 
@@ -995,12 +1006,14 @@ def run_operator(
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     from kopf._cogs.structs.references import Insights  # kopf.run(insights=...): what kopf watches
 
-    kube = Kube(load_api_client(kubeconfig))
+    settings = RuntimeSettings.from_env()
+    api_client = load_api_client(kubeconfig)
+    kube = Kube(api_client, transport=ClientTransport(api_client) if settings.api_transport == "client" else None)
     reconciler = JobReconciler(
         kube=kube,
         config=config,
         policy=reconcile_policy_from_env(),
-        settings=RuntimeSettings.from_env(),
+        settings=settings,
         namespaces=tuple(namespaces),
     )
     health = WatchHealth(on_recovered=reconciler.resync_soon)
@@ -1014,7 +1027,8 @@ def run_operator(
         metrics.serve(metrics_port)
     elector = stop_flag = None
     if leader_election is not None and leader_election.enabled:
-        lease_kube = Kube(kube.api_client)  # its own client: the Lease calls are not gated and not job requests
+        # Its own: the Lease calls are not gated and not job requests.
+        lease_kube = Kube(api_client, transport=ClientTransport(api_client) if settings.api_transport == "client" else None)
         leases = KubeLeaseClient(lease_kube, leader_election.namespace, leader_election.lease_name,
                                  timeout=max(1.0, leader_election.renew_deadline / 2))
         elector = LeaderElector(leases, leader_election)

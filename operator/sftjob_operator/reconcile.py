@@ -53,7 +53,7 @@ from training_hub.launch.exit_codes import ExitCode, Outcome
 
 from sftjob_operator import labels
 from sftjob_operator.api import InvalidSFTJob, SFTJobSpec
-from sftjob_operator.render import render_gang
+from sftjob_operator.render import RenderedGang, render_gang
 from sftjob_operator import status as st
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -521,6 +521,7 @@ class _Reconciler:
         self.pods = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == self.name]
         self.prepare_pods = [p for p in self.pods if labels.is_prepare_pod(p)]
         self._pods_left_after_suspend = 0  # set by _suspend: a suspend is still in progress until they are gone
+        self._rendering: tuple[tuple[int, str], RenderedGang | InvalidSFTJob] | None = None  # _rendered's
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -766,11 +767,23 @@ class _Reconciler:
             return
         self._ensure_gang(current)
 
+    def _rendered(self) -> RenderedGang:
+        """This attempt's objects, rendered once per look (the prepare step and the gang both need them)."""
+        key = (self.attempt, self.status["rdzvId"])
+        if self._rendering is None or self._rendering[0] != key:
+            try:
+                self._rendering = (key, render_gang(self.job, attempt=key[0], rdzv_id=key[1], config=self.config))
+            except InvalidSFTJob as error:
+                self._rendering = (key, error)
+        if isinstance(self._rendering[1], InvalidSFTJob):
+            raise self._rendering[1]
+        return self._rendering[1]
+
     def _data_prepared(self) -> bool:
         """Before a gang attempt: its prepare pod must have succeeded. Creates it when missing; sets the Preparing
         phase and the Prepared condition; fails the job on a data error (exit 78) or starts a new attempt."""
         try:
-            rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
+            rendered = self._rendered()
         except InvalidSFTJob:
             return True  # _ensure_gang reports it
         desired = rendered.prepare_pod
@@ -900,7 +913,7 @@ class _Reconciler:
 
     def _ensure_gang(self, current: Mapping[int, Mapping[str, Any]]) -> None:
         try:
-            rendered = render_gang(self.job, attempt=self.attempt, rdzv_id=self.status["rdzvId"], config=self.config)
+            rendered = self._rendered()
         except InvalidSFTJob as error:
             # The API server's schema let it through but the operator's own checks did not: say which field.
             self._condition(st.CREATED, False, "InvalidSpec", str(error))

@@ -62,12 +62,15 @@ def _answered(error: BaseException | str) -> bool:
 
 def is_connection_error(error: BaseException) -> bool:
     """The API server could not be reached or did not answer (an outage, never a bug in the operator)."""
+    import http.client
+
     import urllib3
     from kubernetes.client.rest import ApiException
 
     if isinstance(error, ApiException):
         return error.status in (None, 0) or error.status >= 500 or error.status == 429
-    return isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError))
+    # http.client's: kube.DirectTransport (a reply cut short, no status line); urllib3's: the client's transport
+    return isinstance(error, (http.client.HTTPException, urllib3.exceptions.HTTPError, OSError))
 
 
 @dataclass

@@ -242,7 +242,7 @@ def test_job_deleted_while_the_operator_is_down_and_the_garbage_collector_stalls
         wait_gang_running(cluster, namespace, "doomed", 2)
         bystanders = {p["metadata"]["uid"] for p in wait_gang_running(cluster, namespace, "bystander", 2)}
         operator.stop()
-        controller_manager = cluster._component_pids()["kube-controller-manager"]
+        controller_manager = cluster.component_pids()["kube-controller-manager"]
         os.kill(controller_manager, signal.SIGSTOP)
         cluster.kubectl("delete", "sftjob", "doomed", "-n", namespace, "--wait=false")
         time.sleep(3)

@@ -220,7 +220,7 @@ class KwokCluster:
             time.sleep(0.5)
 
     # --- API-server outages ----------------------------------------------------------------------
-    def _component_pids(self) -> dict[str, int]:
+    def component_pids(self) -> dict[str, int]:
         """Running components by binary name (kube-apiserver, kube-scheduler, ...)."""
         found = {}
         for pid in self.pids():
@@ -233,14 +233,14 @@ class KwokCluster:
         return found
 
     def apiserver_pid(self) -> int | None:
-        return self._component_pids().get("kube-apiserver")
+        return self.component_pids().get("kube-apiserver")
 
     def stop_apiserver(self, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
         """Stops this cluster's kube-apiserver only (etcd, controllers and kwok keep running), remembering how every
         component was started, so that `start_apiserver` brings the API server back and, like the kubelet of a real
         control-plane node, restarts the scheduler or controller-manager that exit when they lose their leader
         lease during the outage. SIGKILL is the crash; SIGTERM a graceful restart."""
-        pids = self._component_pids()
+        pids = self.component_pids()
         if "kube-apiserver" not in pids:
             raise ControlPlaneUnavailable(f"cluster {self.name}: no kube-apiserver running")
         launches = {}
@@ -297,7 +297,7 @@ class KwokCluster:
         while the API server is down or the cluster is being deleted."""
         if self.workdir is None or not (self.workdir / "kwok.yaml").exists() or self.apiserver_pid() is None:
             return []
-        running = self._component_pids()
+        running = self.component_pids()
         revived = [name for name in self.REVIVED if name in self._launches and name not in running]
         for name in revived:
             try:

@@ -38,6 +38,13 @@ def test_bad_worker_count_names_the_variable():
         RuntimeSettings.from_env({"SFTJOB_OPERATOR_WORKERS": "many"})
 
 
+def test_the_api_transport_is_direct_unless_the_client_is_asked_for():
+    assert RuntimeSettings.from_env({}).api_transport == "direct"
+    assert RuntimeSettings.from_env({"SFTJOB_OPERATOR_API_TRANSPORT": "client"}).api_transport == "client"
+    with pytest.raises(ValueError, match="SFTJOB_OPERATOR_API_TRANSPORT: must be one of direct, client \\(got 'urllib3'\\)"):
+        RuntimeSettings.from_env({"SFTJOB_OPERATOR_API_TRANSPORT": "urllib3"})
+
+
 def test_resource_versions_compare_as_revisions():
     assert _newer("101", "99") and not _newer("99", "101") and not _newer("5", "5")
     assert _newer("b", "a") and _newer("x", None)
