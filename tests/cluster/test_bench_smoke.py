@@ -46,28 +46,33 @@ def test_operator_benchmark_runs_at_tiny_size(operator_pool, cluster, command, e
 @pytest.mark.timeout(1200)  # hack/test.sh builds the peer in the background: a cold run waits here for the build
 def test_anchors_benchmark_runs_floor_peer_and_operator(audited_cluster, tmp_path):
     """bench/operator_anchors.py at tiny size on a cluster with an audit log: every subject (the floor at 16 and 1
-    concurrent POSTs, the floor behind each SFTJob's POST, the Go peer, the operator) produces its figures, requests
-    per job included; `--timeline` prints where each burst's requests fell."""
+    concurrent POSTs, the floor behind each SFTJob's POST, the Go peer, the operator, and the operator as a variant)
+    produces its figures, requests per job and CPU per process included; `--timeline` prints where each burst's
+    requests fell."""
     build = subprocess.run(["bash", "hack/control-plane.sh", "peer-build"], cwd=REPO, capture_output=True, text=True,
                            timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     figures_file = tmp_path / "figures.json"
+    # The variant: the operator again, its requests through the kubernetes client (the transport it falls back to).
     _run(["bench/operator_anchors.py", "--single-runs", "1", "--bursts", "2", "--nnodes", "2",
-          "--timeline", "--json", str(figures_file)],
+          "--variant", "client:SFTJOB_OPERATOR_API_TRANSPORT=client", "--timeline", "--json", str(figures_file)],
          ["1 job x 2 nodes, alone", "2 jobs x 2 nodes at once", "API requests per job start", "operator / floor-cr",
-          "timeline of operator", "own create pods", "bench create sftjobs"],
-         {**os.environ, "TRAINING_HUB_KUBECONFIG": audited_cluster.kubeconfig}, timeout=280)
+          "timeline of operator", "own create pods", "bench create sftjobs", "CPU s until the last pods",
+          "operator-client / operator, repeat by repeat"],
+         {**os.environ, "TRAINING_HUB_KUBECONFIG": audited_cluster.kubeconfig}, timeout=360)
     figures = json.loads(figures_file.read_text())
-    subjects = {"floor", "floor-cr", "floor-1", "peer", "operator"}
+    subjects = {"floor", "floor-cr", "floor-1", "peer", "operator", "operator-client"}
     for phase in ("single", "burst_2"):
         assert set(figures[phase]) == subjects
         for subject, row in figures[phase].items():
             # each subject created pods, and its own requests were found in the audit log (at least its creates)
             assert row["requests_per_job_total"] >= 2, (phase, subject, row)
             assert row["requests_per_job"].get("create pods") == 2, (phase, subject, row)
-    for subject in ("peer", "operator"):  # the processes measured: CPU and RSS per burst
+    for subject in ("peer", "operator", "operator-client"):  # the processes measured: CPU and RSS per burst
         assert figures["burst_2"][subject]["cpu_s"] > 0 and figures["burst_2"][subject]["rss_peak_mib"] > 0
-    assert figures["burst_2"]["operator"]["pods_seen"] == figures["burst_2"]["operator"]["pods_expected"] == 4
+        assert figures["burst_2"][subject]["cpu_to_last_per_repeat"][0]["subject"] >= 0
+    for subject in ("operator", "operator-client"):
+        assert figures["burst_2"][subject]["pods_seen"] == figures["burst_2"][subject]["pods_expected"] == 4
 
 
 @pytest.mark.timeout(300)
