@@ -69,8 +69,11 @@ def launcher_on_path(directory: Path, body: str, interpreter: str = sys.executab
     script.write_text(f"#!{interpreter}\n{body}")
     script.chmod(0o755)
     environ = os.environ  # datasets' multi-process map swaps os.environ for a copy: put the real one back
+    # The only torchrun on PATH: a launch that fails on this one must not find another further on (an activated
+    # virtualenv's), as exec's PATH search goes on after a missing interpreter.
+    others = [entry for entry in os.environ.get("PATH", "").split(os.pathsep) if not (Path(entry) / "torchrun").exists()]
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ.get('PATH', '')}")
+        monkeypatch.setenv("PATH", os.pathsep.join([str(directory), *others]))
         try:
             yield script
         finally:
