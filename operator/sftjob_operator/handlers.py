@@ -35,7 +35,7 @@ from kubernetes.client.rest import ApiException
 from sftjob_operator import labels
 from sftjob_operator import reconcile as rc
 from sftjob_operator import status as st
-from sftjob_operator.kube import GROUP, PLURAL, VERSION, ClientTransport, Conflict, Kube
+from sftjob_operator.kube import GROUP, PLURAL, VERSION, ClientTransport, Conflict, Kube, transport_for
 from sftjob_operator.orphans import OrphanSweeper
 from sftjob_operator.pod_cache import PodCache, newer as _newer
 from sftjob_operator.watch_health import WatchCollector, WatchHealth, is_connection_error
@@ -1008,7 +1008,8 @@ def run_operator(
 
     settings = RuntimeSettings.from_env()
     api_client = load_api_client(kubeconfig)
-    kube = Kube(api_client, transport=ClientTransport(api_client) if settings.api_transport == "client" else None)
+    transport = ClientTransport(api_client) if settings.api_transport == "client" else transport_for(api_client)
+    kube = Kube(api_client, transport=transport)
     reconciler = JobReconciler(
         kube=kube,
         config=config,
@@ -1027,8 +1028,7 @@ def run_operator(
         metrics.serve(metrics_port)
     elector = stop_flag = None
     if leader_election is not None and leader_election.enabled:
-        # Its own: the Lease calls are not gated and not job requests.
-        lease_kube = Kube(api_client, transport=ClientTransport(api_client) if settings.api_transport == "client" else None)
+        lease_kube = Kube(api_client, transport=transport)  # its own: the Lease calls are not gated, not job requests
         leases = KubeLeaseClient(lease_kube, leader_election.namespace, leader_election.lease_name,
                                  timeout=max(1.0, leader_election.renew_deadline / 2))
         elector = LeaderElector(leases, leader_election)
