@@ -111,7 +111,9 @@ def test_train_prepares_once_on_the_shared_volume_then_stops_for_want_of_a_gpu_w
         training={"modelPath": f"{MOUNT}/model", "dataPath": f"{MOUNT}/chat.jsonl", "ckptOutputDir": f"{MOUNT}/ckpt",
                   "dataOutputDir": f"{MOUNT}/prepared", "numEpochs": 1, "effectiveBatchSize": 8,
                   "learningRate": 1e-4, "maxSeqLen": 256, "extraArgs": {"data_process_num_cpu_procs": 1}},
-        volumes=[volume], hostNetwork=True, rdzvPort=port, backoffLimit=0,
+        # cleanPodPolicy None: both ranks stay for the checks below. The first rank to find no GPU fails the job at
+        # once (not a lost peer); by default a rank still starting then would be deleted as still running.
+        volumes=[volume], hostNetwork=True, rdzvPort=port, backoffLimit=0, cleanPodPolicy="None",
         nodeSelector=real_only, tolerations=[],
         prepare={"enabled": True, "nodeSelector": real_only,
                  "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}}},
