@@ -225,8 +225,8 @@ def transport_for(api_client: Any) -> ClientTransport | DirectTransport:
 
 
 class Kube:
-    """Raw JSON requests through the client's auth and TLS (no model (de)serialisation: fast, and the bodies are
-    exactly the dicts render/reconcile produced)."""
+    """Raw JSON requests with the client's configuration, over `transport` (no model (de)serialisation: fast, and
+    the bodies are exactly the dicts render/reconcile produced)."""
 
     def __init__(self, api_client: client.ApiClient, counter: RequestCounter | None = None, timeout: float = 30,
                  transport: ClientTransport | DirectTransport | None = None) -> None:
