@@ -25,11 +25,13 @@ from operator_common import PodWatch, bench_cluster, new_namespace, percentile  
 
 from tests.cluster.operator_harness import sftjob  # noqa: E402
 from sftjob_operator.config import OperatorConfig  # noqa: E402
+from sftjob_operator.kube import ClientTransport  # noqa: E402
 from sftjob_operator.render import new_rdzv_id, pod_name, render_gang  # noqa: E402
 
 FLOOR_USER_AGENT = "th-bench-floor/1"
 BENCH_USER_AGENT = "th-bench/1"  # the benchmarks' own requests (SFTJob POSTs, pod watches), told apart in the audit log
 _PATHS = {"Service": "services", "ConfigMap": "configmaps", "Pod": "pods"}
+JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 
 
 def api_client(cluster, user_agent: str, pool_size: int = 32):
@@ -65,7 +67,8 @@ class Floor:
     """POSTs gangs' objects with `workers` concurrent requests over keep-alive connections."""
 
     def __init__(self, cluster, workers: int) -> None:
-        self.api = api_client(cluster, FLOOR_USER_AGENT, pool_size=max(workers, 1) * 2)
+        # The kubernetes client's own path (serialisation, urllib3's pool): the floor is what a plain client does.
+        self.transport = ClientTransport(api_client(cluster, FLOOR_USER_AGENT, pool_size=max(workers, 1) * 2))
         self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers)
 
@@ -73,16 +76,10 @@ class Floor:
         self.pool.shutdown(wait=True)
 
     def _post(self, obj: dict[str, Any]) -> None:
-        namespace = obj["metadata"]["namespace"]
-        method, url, headers, body, _ = self.api.param_serialize(
-            "POST", f"/api/v1/namespaces/{namespace}/{_PATHS[obj['kind']]}",
-            header_params={"Accept": "application/json", "Content-Type": "application/json"}, body=obj,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=60)
-        response.read()
-        if not 200 <= response.status < 300:
-            raise RuntimeError(f"floor: POST {obj['kind']} {obj['metadata']['name']}: HTTP {response.status}")
+        path = f"/api/v1/namespaces/{obj['metadata']['namespace']}/{_PATHS[obj['kind']]}"
+        status, _, _ = self.transport.send("POST", path, [], obj, JSON_HEADERS, 60)
+        if not 200 <= status < 300:
+            raise RuntimeError(f"floor: POST {obj['kind']} {obj['metadata']['name']}: HTTP {status}")
 
     def submit(self, obj: dict[str, Any]) -> Future:
         """POST one object on one of the workers."""

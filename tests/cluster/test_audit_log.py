@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from sftjob_operator.kube import ClientTransport
 from tests.support import audit_log
 
 pytestmark = [pytest.mark.cluster]
@@ -21,13 +22,9 @@ def _client(cluster, user_agent: str):
 
 def _call(api, method: str, path: str, body=None) -> None:
     content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
-    method_, url, headers, serialized, _ = api.param_serialize(
-        method, path, header_params={"Accept": "application/json", "Content-Type": content_type}, body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method_, url, header_params=headers, body=serialized)
-    response.read()
-    assert 200 <= response.status < 300, (method, path, response.status)
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    status, _, _ = ClientTransport(api).send(method, path, [], body, headers, 60)
+    assert 200 <= status < 300, (method, path, status)
 
 
 def _wait_logged(path, since: float, where, expected: int, timeout: float = 10) -> list[audit_log.Request]:

@@ -23,6 +23,8 @@ SMOKE_RUNS = [
                  ["kubectl delete sftjob -> no pods, right after an API-server restart"], id="operator_outage"),
     pytest.param(["bench/operator_ha.py", "--runs", "1", "--kills", "0", "--terms", "1"],
                  ["apply -> 4 pods created", "takeover after SIGTERM"], id="operator_ha"),
+    pytest.param(["bench/sftjob_create_cost.py", "--creates", "4", "--rounds", "1"],
+                 ["API server CPU per create", "sftjob-no-cel", "sftjob-no-schema"], id="sftjob_create_cost"),
 ]
 
 
