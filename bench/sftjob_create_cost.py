@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
-from operator_anchors import Poster  # noqa: E402
+from operator_anchors import POSTERS, Poster  # noqa: E402
 from operator_common import bench_cluster, cpu_seconds, new_namespace, percentile  # noqa: E402
 
 from tests.cluster.deploy_helpers import CRD_FILE, wait_established  # noqa: E402
@@ -65,13 +65,12 @@ def bench_crd(shipped: dict, kind: str) -> dict:
 
 def bodies(kind: str, namespace: str, names: list[str]) -> tuple[str, list[dict]]:
     """The collection path and the objects of one round."""
+    jobs = [sftjob(name, namespace, nnodes=4, nproc_per_node=1) for name in names]
     if kind == "configmap":
         return f"/api/v1/namespaces/{namespace}/configmaps", [
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
-             "data": {"spec": json.dumps(sftjob(name, namespace, nnodes=4, nproc_per_node=1)["spec"])}}
-            for name in names]
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": job["metadata"],
+             "data": {"spec": json.dumps(job["spec"])}} for job in jobs]
     group = BENCH_GROUPS.get(kind, "training-hub.io")
-    jobs = [sftjob(name, namespace, nnodes=4, nproc_per_node=1) for name in names]
     for job in jobs:
         job["apiVersion"] = f"{group}/v1alpha1"
     return f"/apis/{group}/v1alpha1/namespaces/{namespace}/sftjobs", jobs
@@ -109,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             for crd in crds:
                 cluster.kubectl("delete", "crd", crd["metadata"]["name"], "--wait=false", "--ignore-not-found",
                                 check=False)
-    print(f"API server CPU per create ({args.creates} creates per round, 16 at a time; median of {args.rounds} rounds)")
+    print(f"API server CPU per create ({args.creates} creates per round, {POSTERS} at a time; "
+          f"median of {args.rounds} rounds)")
     base = percentile(per_create["configmap"], 50) if "configmap" in per_create else None
     for kind, values in per_create.items():
         median = percentile(values, 50)
